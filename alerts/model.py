@@ -1,0 +1,109 @@
+"""Alerts and the notifications that announce them; the webhook body, schema v1.
+
+An `Alert` is the operator-facing state of one early-warning condition (one
+warning fingerprint). A `Notification` announces one change of that state and
+is exactly what a webhook receives, encoded with `cityvitals.contract.encode`:
+
+``v``
+    Schema version, always ``1``. Fields may be *added* within v1, so a
+    receiver must ignore fields it does not know; renaming or removing a field
+    bumps ``v``.
+``id``
+    Idempotency key (16 hex chars), also sent as the ``Idempotency-Key``
+    header. Derived from the alert fingerprint, the event, the new level and
+    the warning's ``ts_ms``, so a retry or a replay of the same change carries
+    the same id and a receiver can drop the duplicate.
+``event``
+    ``"firing"`` (a new alert), ``"level_changed"`` (raised or lowered while
+    open) or ``"resolved"`` (the warning cleared). Also the
+    ``X-Cityvitals-Event`` header.
+``previous``
+    The alert's level before this change; ``0`` for a new alert.
+``ts_ms``
+    When the change happened: the warning's event time in Unix milliseconds,
+    not the time of delivery.
+``alert``
+    The alert after the change:
+
+    - ``fingerprint``, ``rule``, ``node``, ``kind``, ``metric``, ``unit``: what
+      is being watched; ``fingerprint`` is stable for the alert's life.
+    - ``placement``: ``district``, ``street``, ``grid``, ``unit`` (the
+      responsible unit), ``lat``, ``lon``.
+    - ``level``: 1 blue (IV) .. 4 red (I); ``0`` once resolved.
+      ``peak_level``: the highest level it reached.
+    - ``state``: ``"firing"`` or ``"resolved"``.
+    - ``started_ms``, ``updated_ms``, ``resolved_ms`` (``null`` while firing).
+    - ``value`` (latest, in ``unit``), ``threshold`` (the rule's threshold for
+      the current level, or ``null``), ``seq`` (the reading that last changed it).
+"""
+
+from __future__ import annotations
+
+from typing import Final, Literal
+
+import msgspec
+
+from cityvitals.contract import Placement, fingerprint
+from cityvitals.kinds import Kind
+from cityvitals.levels import Level
+
+SCHEMA_VERSION: Final = 1
+
+State = Literal["firing", "resolved"]
+Event = Literal["firing", "level_changed", "resolved"]
+
+
+class Alert(msgspec.Struct, frozen=True, kw_only=True):
+    """One early-warning condition as operators see it; change with `msgspec.structs.replace`."""
+
+    fingerprint: str
+    rule: str
+    node: str
+    kind: Kind
+    metric: str
+    unit: str
+    placement: Placement
+    level: Level
+    peak_level: Level
+    state: State
+    started_ms: int
+    updated_ms: int
+    resolved_ms: int | None
+    value: float
+    threshold: float | None
+    seq: int
+
+
+class Notification(msgspec.Struct, frozen=True, kw_only=True):
+    """One change of one alert: the unit of delivery and the webhook body (see module doc)."""
+
+    v: Literal[1]
+    id: str
+    event: Event
+    previous: Level
+    alert: Alert
+    ts_ms: int
+
+
+def notification_id(alert_fingerprint: str, event: Event, level: Level, ts_ms: int) -> str:
+    """Idempotency key of one change: equal inputs, equal key; any input differs, key differs.
+
+    >>> a = notification_id("fp", "firing", Level.RED, 1_000)
+    >>> a == notification_id("fp", "firing", Level.RED, 1_000)
+    True
+    >>> a == notification_id("fp", "level_changed", Level.RED, 1_000)
+    False
+    """
+    return fingerprint(
+        fingerprint=alert_fingerprint, event=event, level=level.label, ts_ms=str(ts_ms)
+    )
+
+
+# Receivers written in Python can reuse this; unknown fields are ignored on
+# purpose so a v1 receiver keeps working when v1 gains a field.
+_notification_decoder: Final = msgspec.json.Decoder(Notification)
+
+
+def decode_notification(data: bytes) -> Notification:
+    """Decode a webhook body; `msgspec.ValidationError` if it is not a v1 notification."""
+    return _notification_decoder.decode(data)

@@ -1,0 +1,280 @@
+"""The message contract: every byte that crosses a process boundary.
+
+Messages are JSON objects decoded by msgspec into frozen structs. Decoding is
+strict (no unknown fields, no type coercion) and fast (one pass, reused
+decoders). Every message carries the contract version `v`; a receiver that
+sees a version it does not speak rejects the message rather than guessing.
+
+A failure is always a `ContractError` whose `reason` is one of `Reason`, so
+dead-letter records group by a stable code while `detail` says exactly what
+was wrong:
+
+>>> raw = b'{"v":1,"node":"wl-0001","kind":"water_level","seq":7,"ts_ms":1764028800000,'
+>>> r = decode_reading(raw + b'"metrics":{"depth_cm":12.5}}')
+>>> r.node, r.seq, r.metrics
+('wl-0001', 7, {'depth_cm': 12.5})
+>>> try:
+...     decode_reading(raw + b'"metrics":{"depth_cm":-4.0}}')
+... except ContractError as exc:
+...     print(exc.reason, "|", exc.detail)
+out_of_range | depth_cm=-4.0 is outside 0.0..1000.0 cm for water_level
+"""
+
+from __future__ import annotations
+
+import hashlib
+from enum import StrEnum
+from typing import Annotated, Final, Literal, TypeVar
+
+import msgspec
+
+from cityvitals.errors import ContractError
+from cityvitals.kinds import BATTERY, KIND_METRICS, RSSI, Kind, MetricSpec
+from cityvitals.levels import Level
+
+CONTRACT_VERSION: Final = 1
+#: Payloads above this are dead-lettered unread; a sensor reading is < 1 KiB.
+MAX_PAYLOAD_BYTES: Final = 16 * 1024
+#: Bounds for any timestamp: 2000-01-01 .. 2100-01-01 UTC, in milliseconds.
+MIN_TS_MS: Final = 946_684_800_000
+MAX_TS_MS: Final = 4_102_444_800_000
+
+
+class Reason(StrEnum):
+    """Why a message was refused. Stable: dashboards and alerts group by it."""
+
+    OVERSIZED = "oversized"
+    MALFORMED = "malformed_json"
+    SCHEMA = "schema"
+    VERSION = "unsupported_version"
+    UNKNOWN_KIND = "unknown_kind"
+    UNKNOWN_METRIC = "unknown_metric"
+    OUT_OF_RANGE = "out_of_range"
+    BAD_TOPIC = "bad_topic"
+    TOPIC_MISMATCH = "topic_mismatch"
+    UNKNOWN_NODE = "unknown_node"
+    KIND_MISMATCH = "kind_mismatch"
+
+
+# \Z, not $: Python's $ also matches before a trailing newline.
+NodeId = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}\Z")]
+Seq = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+TsMs = Annotated[int, msgspec.Meta(ge=MIN_TS_MS, le=MAX_TS_MS)]
+T = TypeVar("T")
+
+MetricName = Annotated[str, msgspec.Meta(max_length=64)]
+Text = Annotated[str, msgspec.Meta(max_length=1024)]
+
+
+class _Strict(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """Base for every message: immutable, strict, compact on the wire."""
+
+
+class Reading(_Strict):
+    """One sample from one sensor node, as the node (or its agent) reports it."""
+
+    v: Literal[1]
+    node: NodeId
+    kind: Kind
+    seq: Seq
+    ts_ms: TsMs
+    metrics: Annotated[dict[MetricName, float], msgspec.Meta(min_length=1, max_length=16)]
+    battery_pct: float | None = None
+    rssi_dbm: float | None = None
+
+
+class NodeStatus(_Strict):
+    """Presence, on `.../status`: retained birth, last will, and heartbeats."""
+
+    v: Literal[1]
+    node: NodeId
+    kind: Kind
+    state: Literal["online", "offline"]
+    ts_ms: TsMs
+    agent: Text | None = None
+    uptime_s: float | None = None
+    battery_pct: float | None = None
+    rssi_dbm: float | None = None
+    buffer_depth: int | None = None
+    reason: Text | None = None
+
+
+class EdgeEvent(_Strict):
+    """A condition the edge judged critical on its own (cover opened, alarm contact)."""
+
+    v: Literal[1]
+    node: NodeId
+    kind: Kind
+    ts_ms: TsMs
+    event: Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,63}\Z")]
+    level: Level = Level.NONE
+    count: int | None = None
+    detail: Text | None = None
+
+
+class Placement(_Strict):
+    """Where a node is, administratively and on the map (from the registry)."""
+
+    district: str
+    street: str
+    grid: str
+    unit: str
+    lat: float
+    lon: float
+
+
+class EnrichedReading(_Strict):
+    """What the gateway hands to the stream: the validated bytes plus placement.
+
+    `reading` is the exact JSON the node sent (`msgspec.Raw`): the gateway
+    forwards what it validated instead of re-encoding it.
+    """
+
+    v: Literal[1]
+    reading: msgspec.Raw
+    placement: Placement
+    received_ms: int
+
+
+class Evidence(_Strict):
+    ts_ms: int
+    value: float
+
+
+class Warning(_Strict):  # noqa: A001 - the domain word; always used qualified or imported by name
+    """An early-warning state change for one (rule, node): raised, changed or cleared.
+
+    `fingerprint` is the identity of the condition, stable across level
+    changes, so downstream an alert is updated rather than duplicated.
+    """
+
+    v: Literal[1]
+    fingerprint: str
+    rule: str
+    node: NodeId
+    kind: Kind
+    metric: str
+    level: Level
+    previous: Level
+    value: float
+    threshold: float | None
+    unit: str
+    ts_ms: int
+    seq: int
+    placement: Placement
+    evidence: tuple[Evidence, ...] = ()
+    predicted_crossing_ms: int | None = None
+
+    @property
+    def cleared(self) -> bool:
+        return self.level is Level.NONE
+
+
+class DeadLetter(_Strict):
+    """A message we could not accept, kept with its reason and its raw bytes."""
+
+    v: Literal[1]
+    received_ms: int
+    source: str
+    topic: str
+    reason: Reason
+    detail: str
+    payload: bytes
+    payload_size: int
+
+
+_reading_decoder = msgspec.json.Decoder(Reading)
+_status_decoder = msgspec.json.Decoder(NodeStatus)
+_event_decoder = msgspec.json.Decoder(EdgeEvent)
+_enriched_decoder = msgspec.json.Decoder(EnrichedReading)
+_warning_decoder = msgspec.json.Decoder(Warning)
+_encoder = msgspec.json.Encoder()
+
+
+def encode(message: msgspec.Struct) -> bytes:
+    """Encode any contract message to compact JSON."""
+    return _encoder.encode(message)
+
+
+def _schema_error(exc: msgspec.ValidationError) -> ContractError:
+    text = str(exc)
+    # msgspec names the offending path in its message; map the paths that have
+    # their own reason so operators can tell "old firmware" from "garbage".
+    if text.endswith("`$.v`"):
+        return ContractError(Reason.VERSION, f"{text} (this gateway speaks v{CONTRACT_VERSION})")
+    if text.endswith("`$.kind`"):
+        return ContractError(Reason.UNKNOWN_KIND, text)
+    return ContractError(Reason.SCHEMA, text)
+
+
+def _decode(decoder: msgspec.json.Decoder[T], data: bytes, limit: int) -> T:
+    if len(data) > limit:
+        raise ContractError(Reason.OVERSIZED, f"{len(data)} bytes exceeds the {limit} byte limit")
+    try:
+        return decoder.decode(data)
+    except msgspec.ValidationError as exc:
+        raise _schema_error(exc) from exc
+    except msgspec.DecodeError as exc:
+        raise ContractError(Reason.MALFORMED, str(exc)) from exc
+
+
+def _check_range(spec: MetricSpec, value: float, kind: Kind) -> None:
+    if not spec.contains(value):  # also false for NaN and inf
+        raise ContractError(
+            Reason.OUT_OF_RANGE,
+            f"{spec.name}={value!r} is outside {spec.low}..{spec.high} {spec.unit} for {kind}",
+        )
+
+
+def validate_reading(reading: Reading) -> Reading:
+    """Check what a schema cannot: metric names per kind and physical ranges."""
+    specs = KIND_METRICS[reading.kind]
+    for name, value in reading.metrics.items():
+        spec = specs.get(name)
+        if spec is None:
+            raise ContractError(
+                Reason.UNKNOWN_METRIC,
+                f"{name!r} is not a {reading.kind} metric; expected one of {sorted(specs)}",
+            )
+        _check_range(spec, value, reading.kind)
+    if reading.battery_pct is not None:
+        _check_range(BATTERY, reading.battery_pct, reading.kind)
+    if reading.rssi_dbm is not None:
+        _check_range(RSSI, reading.rssi_dbm, reading.kind)
+    return reading
+
+
+def decode_reading(data: bytes, *, limit: int = MAX_PAYLOAD_BYTES) -> Reading:
+    """Decode and fully validate a reading; `ContractError` says why not."""
+    return validate_reading(_decode(_reading_decoder, data, limit))
+
+
+def decode_status(data: bytes, *, limit: int = MAX_PAYLOAD_BYTES) -> NodeStatus:
+    return _decode(_status_decoder, data, limit)
+
+
+def decode_event(data: bytes, *, limit: int = MAX_PAYLOAD_BYTES) -> EdgeEvent:
+    return _decode(_event_decoder, data, limit)
+
+
+def decode_enriched(data: bytes) -> tuple[EnrichedReading, Reading]:
+    """Decode what the gateway produced; the inner reading was validated there."""
+    envelope = _enriched_decoder.decode(data)
+    return envelope, _reading_decoder.decode(envelope.reading)
+
+
+def decode_warning(data: bytes) -> Warning:
+    return _warning_decoder.decode(data)
+
+
+def fingerprint(**labels: str) -> str:
+    """Identity of a condition: a hash of its sorted labels, computed once.
+
+    >>> fingerprint(rule="water.depth", node="wl-1") == fingerprint(node="wl-1", rule="water.depth")
+    True
+    >>> len(fingerprint(rule="r", node="n"))
+    16
+    """
+    # JSON of the sorted pairs: unambiguous whatever characters the values hold.
+    text = _encoder.encode(sorted(labels.items()))
+    return hashlib.sha256(text).hexdigest()[:16]

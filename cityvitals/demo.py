@@ -1,0 +1,239 @@
+"""`cityvitals demo`: a simulated city's day through the whole embedded pipeline.
+
+Builds (or loads) a city, starts the embedded pipeline, lets the simulated
+fleet publish a scripted day through the real edge publisher, waits until
+every acknowledged reading has gone through every stage, then checks the
+result: every reading stored (by node and sequence number), every scripted
+incident raised its expected alert, no quiet node raised any.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cityvitals.citygen import generate_city
+from cityvitals.clock import SystemClock
+from cityvitals.levels import WARNING_LEVELS, Level
+from cityvitals.pipeline import EmbeddedPipeline
+from cityvitals.registry import Registry
+
+log = logging.getLogger("cityvitals.demo")
+
+DAY_MS = 86_400_000
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    data_dir: Path = Path("cityvitals-data")
+    duration_s: float = 60.0
+    nodes: int = 240
+    districts: int = 4
+    seed: int = 7
+    interval_s: float = 600.0
+    mqtt_url: str | None = None
+    webhook_url: str | None = None
+    registry_path: Path | None = None
+    #: Simulated midnight; default: the UTC midnight before yesterday's, so the
+    #: whole simulated day lies in the past.
+    day_start_ms: int | None = None
+    drain_timeout_s: float = 120.0
+    quiet: bool = False  # True: no scripted incidents, only normal life
+
+
+@dataclass(frozen=True)
+class IncidentCheck:
+    node: str
+    rule: str
+    expected: Level
+    reached: Level
+
+    @property
+    def ok(self) -> bool:
+        return self.reached == self.expected
+
+
+@dataclass(frozen=True)
+class DemoResult:
+    published: int
+    stored: int
+    missing: int
+    dead_letters: int
+    duplicates: int
+    warnings_raised: dict[Level, int]
+    notifications: int
+    delivered: int
+    failed_deliveries: int
+    incidents: tuple[IncidentCheck, ...]
+    unexpected: tuple[tuple[str, str, Level], ...]
+    elapsed_s: float
+    settled: bool
+    interrupted: bool
+    data_dir: Path
+    missing_keys: tuple[tuple[str, int], ...] = field(default=(), repr=False)
+
+    @property
+    def lost(self) -> int:
+        return self.missing
+
+    @property
+    def ok(self) -> bool:
+        """Nothing lost: the exit-code contract of the demo."""
+        return self.missing == 0 and self.settled
+
+
+ProgressHook = Callable[[str], None]
+ReadyHook = Callable[[EmbeddedPipeline], Awaitable[None]]
+
+
+def load_city(options: DemoOptions) -> Registry:
+    if options.registry_path is not None:
+        return Registry.load(options.registry_path)
+    return generate_city(nodes=options.nodes, districts=options.districts, seed=options.seed)
+
+
+async def run_demo(
+    options: DemoOptions,
+    *,
+    notifiers: list | None = None,  # type: ignore[type-arg]
+    stop: asyncio.Event | None = None,
+    progress: ProgressHook | None = None,
+    on_ready: ReadyHook | None = None,
+) -> DemoResult:
+    """Run the demo; `on_ready` runs once the pipeline is up (tests inject input there)."""
+    from edge.buffer import Outbound
+    from edge.fleet import SimulatedFleet
+    from edge.publisher import BrokerSettings
+    from edge.simulate import Scenario
+
+    stop = stop or asyncio.Event()
+    city = load_city(options)
+    scenario = Scenario.quiet() if options.quiet else Scenario.default(city, seed=options.seed)
+    clock = SystemClock()
+    day_start = options.day_start_ms
+    if day_start is None:
+        day_start = (clock.now_ms() // DAY_MS - 1) * DAY_MS
+    options.data_dir.mkdir(parents=True, exist_ok=True)
+    city.dump(options.data_dir / "registry.csv")
+
+    acked: set[tuple[str, int]] = set()
+
+    def on_ack(message: Outbound) -> None:
+        acked.add((message.node, message.seq))
+
+    mqtt = BrokerSettings.from_url(options.mqtt_url) if options.mqtt_url else None
+    began = time.monotonic()
+    async with EmbeddedPipeline(
+        city, data_dir=options.data_dir, notifiers=notifiers or [], mqtt=mqtt, clock=clock
+    ) as pipeline:
+        if on_ready is not None:
+            await on_ready(pipeline)
+        fleet = SimulatedFleet(
+            city, scenario, pipeline.broker,
+            seed=options.seed, day_start_ms=day_start,
+            interval_s=options.interval_s, duration_s=options.duration_s, on_ack=on_ack,
+        )
+        reporter = asyncio.create_task(_report(pipeline, fleet, progress, began))
+        try:
+            await fleet.run(stop)
+            settled = await pipeline.drain(telemetry=len(acked), timeout=options.drain_timeout_s)
+        finally:
+            reporter.cancel()
+            await asyncio.gather(reporter, return_exceptions=True)
+        counts = pipeline.counts()
+        elapsed = time.monotonic() - began
+
+    return _result(options, pipeline, scenario, acked, counts, elapsed, settled, stop.is_set())
+
+
+def _result(options, pipeline, scenario, acked, counts, elapsed, settled, interrupted) -> DemoResult:  # type: ignore[no-untyped-def]  # noqa: ANN001, PLR0913
+    store = pipeline.store
+    stored_keys = store.reading_keys()
+    missing = sorted(acked - stored_keys)
+    warnings = store.warnings()
+    raised: dict[Level, int] = dict.fromkeys(WARNING_LEVELS, 0)
+    peak: dict[tuple[str, str], Level] = {}
+    for w in warnings:
+        if w.level > w.previous:
+            raised[w.level] += 1
+        key = (w.node, w.rule)
+        peak[key] = max(peak.get(key, Level.NONE), w.level)
+    checks = tuple(
+        IncidentCheck(e.node, e.rule, e.level, peak.get((e.node, e.rule), Level.NONE))
+        for e in scenario.expected
+    )
+    expected_keys = {(e.node, e.rule) for e in scenario.expected}
+    unexpected = tuple(
+        (node, rule, level) for (node, rule), level in sorted(peak.items())
+        if (node, rule) not in expected_keys
+    )
+    return DemoResult(
+        published=len(acked),
+        stored=len(stored_keys & acked),
+        missing=len(missing),
+        dead_letters=store.stats().dead_letters,
+        duplicates=counts.duplicates,
+        warnings_raised=raised,
+        notifications=counts.notifications,
+        delivered=counts.delivered,
+        failed_deliveries=counts.failed,
+        incidents=checks,
+        unexpected=unexpected,
+        elapsed_s=elapsed,
+        settled=settled,
+        interrupted=interrupted,
+        data_dir=options.data_dir,
+        missing_keys=tuple(missing[:100]),
+    )
+
+
+async def _report(pipeline: EmbeddedPipeline, fleet: object, progress: ProgressHook | None,
+                  began: float) -> None:
+    """Feed the progress line a few times a second (readings/s over the last second)."""
+    if progress is None:
+        return
+    last_count, last_time = 0, time.monotonic()
+    rate = 0.0
+    while True:
+        await asyncio.sleep(0.25)
+        now = time.monotonic()
+        c = pipeline.counts()
+        f = fleet.progress()  # type: ignore[attr-defined]
+        if now - last_time >= 1.0:
+            rate = (c.processed - last_count) / (now - last_time)
+            last_count, last_time = c.processed, now
+        hh, mm = divmod(int(f.sim_time_s // 60), 60)
+        active = " ".join(
+            f"{lv.label} {c.active.get(lv, 0)}" for lv in WARNING_LEVELS
+        )
+        progress(
+            f"sim {hh:02d}:{mm:02d}  published {f.acked:,}  stored {c.processed:,}  "
+            f"{rate:,.0f} readings/s  active warnings: {active}  "
+            f"dead letters {c.dead_letters}  alerts {c.notifications}  "
+            f"[{now - began:.0f}s]"
+        )
+
+
+def install_signal_handlers(stop: asyncio.Event) -> None:
+    """First SIGINT/SIGTERM: stop publishing, drain, summarise. Second: give up."""
+    loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+
+    def handle() -> None:
+        if stop.is_set():
+            log.warning("second interrupt: stopping without draining")
+            if main is not None:
+                main.cancel()
+            return
+        log.info("interrupt: finishing what is in flight, then the summary (again to abort)")
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):  # not on every platform
+            loop.add_signal_handler(sig, handle)

@@ -1,0 +1,197 @@
+"""The embedded pipeline: broker, gateway, stream, alerts and store in one process.
+
+This is the composition root of the embedded mode, the only module that
+knows every package. It is imported lazily by the CLI, so `import
+cityvitals` stays free of faust and aiomqtt.
+
+Start order follows the data backwards (store, alerts, stream, gateway) so
+every stage's consumer is up before its producer; stop order is the reverse,
+each stage flushing what it holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from alerts.model import Notification
+from alerts.notify import Notifier
+from alerts.service import AlertService
+from cityvitals.clock import Clock, SystemClock
+from cityvitals.contract import Warning
+from cityvitals.levels import Level
+from cityvitals.registry import Registry
+from cityvitals.store import EmbeddedStore
+from edge.publisher import BrokerSettings
+from gateway.bridge import Gateway
+from gateway.embedded_broker import EmbeddedBroker
+from stream.agents import ReadingPipeline
+from stream.app import create_embedded_app
+
+log = logging.getLogger(__name__)
+
+STORE_FILE = "cityvitals.sqlite3"
+DeliveryHook = Callable[[Notification, str, str, str], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineCounts:
+    received: int
+    forwarded: int
+    duplicates: int
+    dead_letters: int
+    processed: int
+    stream_errors: int
+    warnings: int
+    notifications: int
+    delivered: int
+    failed: int
+    active: dict[Level, int]
+
+
+class EmbeddedPipeline:
+    """`async with EmbeddedPipeline(city, data_dir=...) as p:` then publish to `p.broker`."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        *,
+        data_dir: Path,
+        notifiers: Sequence[Notifier] = (),
+        mqtt: BrokerSettings | None = None,
+        clock: Clock | None = None,
+        fresh_store: bool = True,
+        on_delivery: DeliveryHook | None = None,
+    ) -> None:
+        self.registry = registry
+        self.data_dir = data_dir
+        self._notifiers = tuple(notifiers)
+        self._external_mqtt = mqtt
+        self._clock = clock or SystemClock()
+        self._fresh = fresh_store
+        self._on_delivery_hook = on_delivery
+        self._stack = AsyncExitStack()
+        self._active: dict[str, Level] = {}
+        self.broker: BrokerSettings = mqtt or BrokerSettings()
+        self.store: EmbeddedStore
+        self.alerts: AlertService
+        self.stream: ReadingPipeline
+        self.gateway: Gateway
+        self._app: Any = None
+
+    @property
+    def store_path(self) -> Path:
+        return self.data_dir / STORE_FILE
+
+    async def __aenter__(self) -> Self:
+        try:
+            await self._start()
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        return self
+
+    async def _start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self._fresh:
+            # Sequence numbers of simulated nodes restart with every demo run,
+            # so a demo's store starts empty rather than mixing two runs.
+            for suffix in ("", "-wal", "-shm"):
+                self.store_path.with_name(STORE_FILE + suffix).unlink(missing_ok=True)
+        self.store = await self._stack.enter_async_context(EmbeddedStore(self.store_path))
+        self.alerts = await self._stack.enter_async_context(
+            AlertService(
+                self._notifiers,
+                clock=self._clock,
+                on_delivery=self._record_delivery,
+            )
+        )
+        app = create_embedded_app(self.data_dir)
+        self.stream = ReadingPipeline(app, sink=self.store, on_warning=self._on_warning)
+        await app.start()
+        # Without Kafka nothing resumes flow control for us: channels stay
+        # paused until we do.
+        app.flow_control.resume()
+        self._app = app
+        self._stack.push_async_callback(self._stop_app)
+        if self._external_mqtt is None:
+            broker = await self._stack.enter_async_context(EmbeddedBroker())
+            self.broker = broker.settings
+        self.gateway = await self._stack.enter_async_context(
+            Gateway(
+                self.broker,
+                self.registry,
+                forward=self.stream.send,
+                dead_letter=self.store.write_dead_letter,
+                clock=self._clock,
+            )
+        )
+        await asyncio.wait_for(self.gateway.wait_subscribed(), timeout=30)
+
+    async def _stop_app(self) -> None:
+        await self._app.stop()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self._stack.aclose()
+
+    async def _on_warning(self, warning: Warning) -> None:
+        if warning.level is Level.NONE:
+            self._active.pop(warning.fingerprint, None)
+        else:
+            self._active[warning.fingerprint] = warning.level
+        await self.alerts.submit(warning)
+
+    async def _record_delivery(self, n: Notification, receiver: str, outcome: str, detail: str) -> None:
+        await self.store.write_notification(
+            notification_id=n.id, fingerprint=n.alert.fingerprint, event=n.event,
+            level=int(n.alert.level), node=n.alert.node, receiver=receiver,
+            outcome=outcome, detail=detail, ts_ms=self._clock.now_ms(),
+        )
+        if self._on_delivery_hook is not None:
+            await self._on_delivery_hook(n, receiver, outcome, detail)
+
+    async def drain(self, *, telemetry: int, timeout: float = 60.0) -> bool:
+        """Wait until `telemetry` distinct readings went through every stage.
+
+        True when everything arrived in time; False means something is still
+        missing and the caller should report it, not hide it.
+        """
+        async def settle() -> None:
+            await self.gateway.wait_forwarded(telemetry)
+            await self.stream.wait_processed(self.gateway.stats().forwarded)
+            await self.alerts.drain()
+            await self.store.flush()
+
+        try:
+            await asyncio.wait_for(settle(), timeout)
+        except TimeoutError:
+            log.error("pipeline did not settle within %.0f s", timeout)
+            await self.store.flush()
+            return False
+        return True
+
+    def counts(self) -> PipelineCounts:
+        g = self.gateway.stats()
+        a = self.alerts.stats()
+        return PipelineCounts(
+            received=g.received,
+            forwarded=g.forwarded,
+            duplicates=g.duplicates,
+            dead_letters=g.dead_letters,
+            processed=self.stream.processed,
+            stream_errors=self.stream.errors,
+            warnings=self.stream.warnings,
+            notifications=a.notifications,
+            delivered=a.delivered,
+            failed=a.failed,
+            active=dict(Counter(self._active.values())),
+        )

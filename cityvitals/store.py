@@ -1,0 +1,278 @@
+"""The embedded store: everything the pipeline writes, in one SQLite file.
+
+The default sink when nothing else is installed. Its tables mirror the
+InfluxDB schema the production sink uses (one measurement per table, tags as
+indexed columns, fields as columns or a JSON object), so dashboards and
+tests can reason about both the same way.
+
+Writes are asynchronous and batched: callers put rows on a bounded queue
+(awaiting when it is full, so a slow disk slows the stream instead of losing
+data) and one writer task commits them in batches through
+`asyncio.to_thread`, keeping the event loop free. `flush()` returns once
+everything queued before it is committed.
+
+Readings are keyed by (node, seq): writing the same reading twice stores it
+once, which is what makes the pipeline's end-to-end guarantee "exactly once
+per (node, seq)" checkable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import msgspec
+
+from cityvitals.contract import DeadLetter, Placement, Reading, Reason, Warning
+
+log = logging.getLogger(__name__)
+
+SCHEMA = """
+PRAGMA journal_mode = WAL;
+PRAGMA synchronous = NORMAL;
+CREATE TABLE IF NOT EXISTS readings (
+    node TEXT NOT NULL, seq INTEGER NOT NULL, kind TEXT NOT NULL,
+    ts_ms INTEGER NOT NULL, received_ms INTEGER NOT NULL,
+    district TEXT NOT NULL, street TEXT NOT NULL, grid TEXT NOT NULL, unit TEXT NOT NULL,
+    lat REAL NOT NULL, lon REAL NOT NULL,
+    fields TEXT NOT NULL, battery_pct REAL, rssi_dbm REAL,
+    PRIMARY KEY (node, seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS readings_time ON readings (ts_ms);
+CREATE TABLE IF NOT EXISTS warnings (
+    id INTEGER PRIMARY KEY, fingerprint TEXT NOT NULL, rule TEXT NOT NULL,
+    node TEXT NOT NULL, kind TEXT NOT NULL, metric TEXT NOT NULL,
+    level INTEGER NOT NULL, previous INTEGER NOT NULL, value REAL NOT NULL,
+    threshold REAL, ts_ms INTEGER NOT NULL, seq INTEGER NOT NULL,
+    district TEXT NOT NULL, street TEXT NOT NULL, grid TEXT NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS warnings_node ON warnings (node, ts_ms);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id INTEGER PRIMARY KEY, received_ms INTEGER NOT NULL, source TEXT NOT NULL,
+    topic TEXT NOT NULL, reason TEXT NOT NULL, detail TEXT NOT NULL,
+    payload BLOB NOT NULL, payload_size INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS notifications (
+    id INTEGER PRIMARY KEY, notification_id TEXT NOT NULL, fingerprint TEXT NOT NULL,
+    event TEXT NOT NULL, level INTEGER NOT NULL, node TEXT NOT NULL,
+    receiver TEXT NOT NULL, outcome TEXT NOT NULL, detail TEXT NOT NULL,
+    ts_ms INTEGER NOT NULL
+);
+"""
+
+_INSERT = {
+    "readings": "INSERT OR IGNORE INTO readings VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+    "warnings": "INSERT INTO warnings (fingerprint, rule, node, kind, metric, level, previous,"
+    " value, threshold, ts_ms, seq, district, street, grid, body)"
+    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+    "dead_letters": "INSERT INTO dead_letters (received_ms, source, topic, reason, detail,"
+    " payload, payload_size) VALUES (?,?,?,?,?,?,?)",
+    "notifications": "INSERT INTO notifications (notification_id, fingerprint, event, level,"
+    " node, receiver, outcome, detail, ts_ms) VALUES (?,?,?,?,?,?,?,?,?)",
+}
+
+_warning_decoder = msgspec.json.Decoder(Warning)
+_fields_encoder = msgspec.json.Encoder()
+
+#: Sentinel row: asks the writer to signal a flush future once it is reached.
+_FLUSH = "flush"
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStats:
+    readings: int
+    warnings: int
+    dead_letters: int
+    notifications: int
+
+
+class EmbeddedStore:
+    """SQLite-backed sink; use as an async context manager.
+
+    >>> import asyncio, tempfile, pathlib
+    >>> async def demo():
+    ...     path = pathlib.Path(tempfile.mkdtemp()) / "cv.sqlite3"
+    ...     async with EmbeddedStore(path) as store:
+    ...         await store.flush()
+    ...         return store.stats()
+    >>> asyncio.run(demo())
+    StoreStats(readings=0, warnings=0, dead_letters=0, notifications=0)
+    """
+
+    def __init__(self, path: Path | str, *, queue_size: int = 20_000, batch_size: int = 1_000) -> None:
+        self.path = Path(path)
+        self._queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(maxsize=queue_size)
+        self._batch_size = batch_size
+        self._db: sqlite3.Connection | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self._failure: BaseException | None = None
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = await asyncio.to_thread(self._open)
+        self._writer = asyncio.create_task(self._write_loop(), name="store-writer")
+        log.info("store open at %s", self.path)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        try:
+            if self._writer is not None and not self._writer.done():
+                await self.flush()
+        finally:
+            if self._writer is not None:
+                self._writer.cancel()
+                await asyncio.gather(self._writer, return_exceptions=True)
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+            log.info("store closed")
+
+    def _open(self) -> sqlite3.Connection:
+        # check_same_thread=False: the connection is used from to_thread workers,
+        # one at a time (the single writer task serialises every use).
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        db.executescript(SCHEMA)
+        return db
+
+    # -- writing ---------------------------------------------------------------
+
+    async def write_reading(self, reading: Reading, placement: Placement, received_ms: int) -> None:
+        row = (
+            reading.node, reading.seq, reading.kind.value, reading.ts_ms, received_ms,
+            placement.district, placement.street, placement.grid, placement.unit,
+            placement.lat, placement.lon,
+            _fields_encoder.encode(reading.metrics).decode(), reading.battery_pct, reading.rssi_dbm,
+        )
+        await self._put("readings", row)
+
+    async def write_warning(self, warning: Warning, body: bytes) -> None:
+        """Store a warning; `body` is its encoded form, kept whole for replays."""
+        p = warning.placement
+        row = (
+            warning.fingerprint, warning.rule, warning.node, warning.kind.value, warning.metric,
+            int(warning.level), int(warning.previous), warning.value, warning.threshold,
+            warning.ts_ms, warning.seq, p.district, p.street, p.grid, body,
+        )
+        await self._put("warnings", row)
+
+    async def write_dead_letter(self, letter: DeadLetter) -> None:
+        row = (
+            letter.received_ms, letter.source, letter.topic, letter.reason.value, letter.detail,
+            letter.payload, letter.payload_size,
+        )
+        await self._put("dead_letters", row)
+
+    async def write_notification(
+        self, *, notification_id: str, fingerprint: str, event: str, level: int, node: str,
+        receiver: str, outcome: str, detail: str, ts_ms: int,
+    ) -> None:
+        row = (notification_id, fingerprint, event, level, node, receiver, outcome, detail, ts_ms)
+        await self._put("notifications", row)
+
+    async def _put(self, table: str, row: Any) -> None:
+        if self._failure is not None:
+            raise RuntimeError(f"store writer failed: {self._failure}") from self._failure
+        await self._queue.put((table, row))
+
+    async def flush(self) -> None:
+        """Return when every row queued before this call is committed."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        await self._put(_FLUSH, done)
+        writer = self._writer
+        assert writer is not None, "store is not open"  # noqa: S101 - programming error
+        finished, _ = await asyncio.wait({done, writer}, return_when=asyncio.FIRST_COMPLETED)
+        if done not in finished:
+            raise RuntimeError(f"store writer stopped: {self._failure}")
+
+    async def _write_loop(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self._batch_size and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            rows: dict[str, list[Any]] = {}
+            flushes: list[asyncio.Future[None]] = []
+            for table, row in batch:
+                if table == _FLUSH:
+                    flushes.append(row)
+                else:
+                    rows.setdefault(table, []).append(row)
+            try:
+                if rows:
+                    await asyncio.to_thread(self._commit, rows)
+            except Exception as exc:
+                # A disk that is full or a file that vanished is not something
+                # to retry blindly: record it, wake waiters, and stop writing.
+                self._failure = exc
+                log.exception("store writer failed; %d rows not written", sum(map(len, rows.values())))
+                for fut in flushes:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                raise
+            for fut in flushes:
+                if not fut.done():
+                    fut.set_result(None)
+
+    def _commit(self, rows: dict[str, list[Any]]) -> None:
+        db = self._db
+        assert db is not None  # noqa: S101 - only called while open
+        with db:  # one transaction per batch
+            db.execute("BEGIN")
+            for table, batch in rows.items():
+                db.executemany(_INSERT[table], batch)
+
+    # -- reading back (for summaries, tests and the CLI) ----------------------
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        # A connection of its own: WAL lets it read committed rows while the
+        # writer is mid-transaction, and it never shares the writer's thread.
+        db = sqlite3.connect(self.path)
+        try:
+            return db.execute(sql, params).fetchall()
+        finally:
+            db.close()
+
+    def stats(self) -> StoreStats:
+        counts = [
+            self._query(f"SELECT count(*) FROM {table}")[0][0]  # noqa: S608 - fixed names
+            for table in ("readings", "warnings", "dead_letters", "notifications")
+        ]
+        return StoreStats(*counts)
+
+    def reading_keys(self) -> set[tuple[str, int]]:
+        return {(node, seq) for node, seq in self._query("SELECT node, seq FROM readings")}
+
+    def warnings(self) -> list[Warning]:
+        return [
+            _warning_decoder.decode(body)
+            for (body,) in self._query("SELECT body FROM warnings ORDER BY id")
+        ]
+
+    def dead_letters(self) -> list[DeadLetter]:
+        rows = self._query(
+            "SELECT received_ms, source, topic, reason, detail, payload, payload_size"
+            " FROM dead_letters ORDER BY id"
+        )
+        return [
+            DeadLetter(
+                v=1, received_ms=r[0], source=r[1], topic=r[2], reason=Reason(r[3]),
+                detail=r[4], payload=bytes(r[5]), payload_size=r[6],
+            )
+            for r in rows
+        ]
+
+    def notifications(self) -> list[tuple[str, str, int, str, str, str]]:
+        """(fingerprint, event, level, node, receiver, outcome), in delivery order."""
+        return self._query(
+            "SELECT fingerprint, event, level, node, receiver, outcome FROM notifications ORDER BY id"
+        )

@@ -1,0 +1,162 @@
+"""A simulated city's worth of edge agents, publishing through the real edge code.
+
+Nodes are grouped into agents by street (one Raspberry Pi per sub-district
+office, say), each with its own `EdgePublisher` and MQTT connection. The
+fleet walks a simulated day in fixed ticks: at each tick every node takes a
+reading (`NodeSimulator`) and its agent submits it. Ticks are paced so the
+day fits `duration_s` of wall time; when the pipeline cannot keep up the
+fleet falls behind rather than skipping readings, because a reading's
+timestamp is its simulated time, not the wall clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+
+from cityvitals.contract import CONTRACT_VERSION, Reading
+from cityvitals.registry import Registry
+from edge.buffer import Outbound
+from edge.publisher import BrokerSettings, EdgePublisher
+from edge.simulate import DAY_S, NodeSimulator, Scenario
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class FleetProgress:
+    sim_time_s: float
+    ticks_done: int
+    ticks_total: int
+    submitted: int
+    acked: int
+
+
+class SimulatedFleet:
+    """Simulate `city` over one day under `scenario`.
+
+    `day_start_ms` is the simulated midnight; readings carry
+    `day_start_ms + tick * interval_s + node phase`. `duration_s` = 0 runs as
+    fast as the pipeline accepts.
+    """
+
+    def __init__(
+        self,
+        city: Registry,
+        scenario: Scenario,
+        broker: BrokerSettings,
+        *,
+        seed: int,
+        day_start_ms: int,
+        interval_s: float = 600.0,
+        duration_s: float = 60.0,
+        day_s: float = DAY_S,
+        on_ack: Callable[[Outbound], None] | None = None,
+        buffer_size: int = 5_000,
+    ) -> None:
+        self.city = city
+        self.scenario = scenario
+        self.broker = broker
+        self.day_start_ms = day_start_ms
+        self.interval_s = interval_s
+        self.ticks_total = int(day_s // interval_s)
+        self.duration_s = duration_s
+        self._sims = {d.node: NodeSimulator(d, scenario, seed=seed) for d in city}
+        self._on_ack = on_ack
+        self._buffer_size = buffer_size
+        self._agents: dict[str, list[str]] = {}
+        for device in city:
+            agent = f"{device.grid[:2]}-{device.street.split()[0]}".lower()
+            self._agents.setdefault(agent, []).append(device.node)
+        self._publishers: list[EdgePublisher] = []
+        self._seq = dict.fromkeys(self._sims, 0)
+        self._ticks_done = 0
+        self._submitted = 0
+        self._acked = 0
+        self._announced: set[str] = set()
+
+    @property
+    def agents(self) -> dict[str, list[str]]:
+        return dict(self._agents)
+
+    def progress(self) -> FleetProgress:
+        return FleetProgress(
+            sim_time_s=self._ticks_done * self.interval_s,
+            ticks_done=self._ticks_done,
+            ticks_total=self.ticks_total,
+            submitted=self._submitted,
+            acked=self._acked,
+        )
+
+    def _count_ack(self, message: Outbound) -> None:
+        self._acked += 1
+        if self._on_ack is not None:
+            self._on_ack(message)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Publish the day (or until `stop`), then wait for every acknowledgement."""
+        async with AsyncExitStack() as stack:
+            by_node: dict[str, EdgePublisher] = {}
+            for agent, nodes in sorted(self._agents.items()):
+                publisher = EdgePublisher(
+                    self.broker,
+                    agent_id=agent,
+                    nodes=[(n, self.city.get(n).kind) for n in nodes],  # type: ignore[union-attr]
+                    on_ack=self._count_ack,
+                )
+                await stack.enter_async_context(publisher)
+                self._publishers.append(publisher)
+                by_node.update(dict.fromkeys(nodes, publisher))
+            log.info("fleet: %d nodes on %d edge agents, %d ticks of %.0f s simulated",
+                     len(self._sims), len(self._agents), self.ticks_total, self.interval_s)
+            step = self.duration_s / self.ticks_total if self.ticks_total else 0.0
+            began = time.monotonic()
+            for tick in range(self.ticks_total):
+                if stop.is_set():
+                    log.info("fleet: stopped at tick %d of %d", tick, self.ticks_total)
+                    break
+                lag = began + tick * step - time.monotonic()
+                if lag > 0:
+                    # Wake early on stop so Ctrl-C is not held up by pacing.
+                    try:
+                        await asyncio.wait_for(stop.wait(), lag)
+                    except TimeoutError:
+                        pass
+                    if stop.is_set():
+                        continue
+                t = tick * self.interval_s
+                self._announce(t)
+                for node, sim in self._sims.items():
+                    await by_node[node].submit(self._reading(node, sim, t))
+                self._ticks_done = tick + 1
+            for publisher in self._publishers:
+                await publisher.flush()
+            log.info("fleet: %d readings published and acknowledged", self._acked)
+
+    def _reading(self, node: str, sim: NodeSimulator, t: float) -> Reading:
+        t_node = t + sim.phase_s
+        battery, rssi = sim.health(t_node)
+        seq = self._seq[node]
+        self._seq[node] = seq + 1
+        self._submitted += 1
+        return Reading(
+            v=CONTRACT_VERSION,
+            node=node,
+            kind=sim.device.kind,
+            seq=seq,
+            ts_ms=self.day_start_ms + round(t_node * 1000),
+            metrics=sim.metrics(t_node),
+            battery_pct=battery,
+            rssi_dbm=rssi,
+        )
+
+    def _announce(self, t: float) -> None:
+        for incident in self.scenario.incidents:
+            if incident.start_s <= t and incident.name not in self._announced:
+                self._announced.add(incident.name)
+                hh, mm = divmod(int(incident.start_s // 60), 60)
+                log.info("scenario: %02d:%02d %s", hh, mm, incident.title)

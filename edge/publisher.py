@@ -1,0 +1,276 @@
+"""The MQTT publisher of an edge agent.
+
+One agent serves several sensor nodes over one MQTT connection. Readings are
+encoded once, put in the agent's `OutboundBuffer`, and published with QoS 1;
+a message leaves the buffer only when the broker's PUBACK arrives. If the
+connection fails, unacknowledged messages go back to the buffer in order and
+the publisher reconnects with exponential backoff. The reconnect loop lives
+here, outside the MQTT client, so each connection attempt starts clean.
+
+On connect the agent publishes a retained "online" status for each of its
+nodes; on a clean stop, a retained "offline" one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import ssl
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Self
+
+import aiomqtt
+
+from cityvitals.clock import Clock, SystemClock
+from cityvitals.contract import CONTRACT_VERSION, NodeStatus, Reading, encode
+from cityvitals.kinds import Kind
+from cityvitals.topics import status_topic, telemetry_topic
+from edge.buffer import MemoryBuffer, Outbound, OutboundBuffer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerSettings:
+    """Where and how to reach the MQTT broker."""
+
+    host: str = "127.0.0.1"
+    port: int = 1883
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    tls: ssl.SSLContext | None = None
+    keepalive: int = 30
+
+    @classmethod
+    def from_url(cls, url: str) -> BrokerSettings:
+        """Parse `mqtt://[user:pass@]host[:port]` or `mqtts://...` (TLS).
+
+        >>> BrokerSettings.from_url("mqtt://ops:pw@10.0.0.5:1884")
+        BrokerSettings(host='10.0.0.5', port=1884, username='ops', tls=None, keepalive=30)
+        """
+        from urllib.parse import unquote, urlsplit
+
+        parts = urlsplit(url)
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise ValueError(f"expected mqtt://host[:port] or mqtts://host[:port], got {url!r}")
+        secure = parts.scheme == "mqtts"
+        return cls(
+            host=parts.hostname,
+            port=parts.port or (8883 if secure else 1883),
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
+            tls=ssl.create_default_context() if secure else None,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PublisherStats:
+    queued: int
+    in_flight: int
+    acked: int
+    resent: int
+    connections: int
+
+
+class EdgePublisher:
+    """Publish readings of `nodes` through one MQTT connection, QoS 1, at least once.
+
+    Use as an async context manager; `submit()` readings; `flush()` waits
+    until the broker has acknowledged all of them.
+    """
+
+    def __init__(
+        self,
+        broker: BrokerSettings,
+        *,
+        agent_id: str,
+        nodes: Sequence[tuple[str, Kind]],
+        clock: Clock | None = None,
+        buffer: OutboundBuffer | None = None,
+        window: int = 32,
+        publish_timeout: float = 10.0,
+        backoff: tuple[float, float] = (0.2, 10.0),
+        on_ack: Callable[[Outbound], None] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.broker = broker
+        self.agent_id = agent_id
+        self.nodes = tuple(nodes)
+        self._clock = clock or SystemClock()
+        self._buffer = buffer if buffer is not None else MemoryBuffer()
+        self._window = window
+        self._publish_timeout = publish_timeout
+        self._backoff = backoff
+        self._on_ack = on_ack
+        self._rng = rng or random.Random()
+        self._pump: asyncio.Task[None] | None = None
+        self._connected = asyncio.Event()
+        self._acked = 0
+        self._resent = 0
+        self._connections = 0
+        self._started_ms = 0
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        self._started_ms = self._clock.now_ms()
+        self._pump = asyncio.create_task(self._run(), name=f"publisher-{self.agent_id}")
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._pump is not None:
+            self._pump.cancel()
+            await asyncio.gather(self._pump, return_exceptions=True)
+        left = len(self._buffer)
+        if left:
+            log.warning("agent %s stopped with %d readings not acknowledged", self.agent_id, left)
+        await self._say_goodbye()
+
+    async def wait_connected(self) -> None:
+        await self._connected.wait()
+
+    # -- publishing ------------------------------------------------------------
+
+    async def submit(self, reading: Reading) -> None:
+        """Queue a reading for publishing; waits while the buffer is full."""
+        await self._buffer.put(
+            Outbound(telemetry_topic(reading.kind, reading.node), encode(reading), reading.node, reading.seq)
+        )
+
+    async def flush(self) -> None:
+        """Return once every submitted reading has been acknowledged by the broker."""
+        await self._buffer.wait_empty()
+
+    def stats(self) -> PublisherStats:
+        in_flight = getattr(self._buffer, "in_flight", 0)
+        return PublisherStats(
+            queued=len(self._buffer) - in_flight,
+            in_flight=in_flight,
+            acked=self._acked,
+            resent=self._resent,
+            connections=self._connections,
+        )
+
+    # -- the connection loop ---------------------------------------------------
+
+    def _client(self) -> aiomqtt.Client:
+        client = aiomqtt.Client(
+            self.broker.host,
+            self.broker.port,
+            identifier=f"cv-edge-{self.agent_id}",
+            username=self.broker.username,
+            password=self.broker.password,
+            tls_context=self.broker.tls,
+            keepalive=self.broker.keepalive,
+            max_inflight_messages=self._window,
+            timeout=self._publish_timeout,
+        )
+        # aiomqtt warns past 10 pending publishes; our window is the real bound.
+        client.pending_calls_threshold = self._window + 1
+        return client
+
+    async def _run(self) -> None:
+        delay = self._backoff[0]
+        while True:
+            try:
+                async with self._client() as client:
+                    self._connections += 1
+                    self._connected.set()
+                    delay = self._backoff[0]
+                    if self._connections > 1:
+                        log.info("agent %s reconnected to %s:%d", self.agent_id, self.broker.host, self.broker.port)
+                    await self._publish_births(client)
+                    await self._pump_messages(client)
+            except aiomqtt.MqttError as exc:
+                was_connected = self._connected.is_set()
+                self._connected.clear()
+                back = self._buffer.requeue_in_flight()
+                self._resent += back
+                if was_connected:
+                    log.warning(
+                        "agent %s lost the broker (%s); %d unacknowledged readings requeued",
+                        self.agent_id, exc, back,
+                    )
+                # Full jitter: many agents losing one broker must not reconnect in step.
+                await asyncio.sleep(self._rng.uniform(0, delay))
+                delay = min(delay * 2, self._backoff[1])
+
+    async def _pump_messages(self, client: aiomqtt.Client) -> None:
+        """Publish from the buffer with at most `window` messages awaiting PUBACK.
+
+        Returns only by raising the `MqttError` that ended the connection;
+        in-flight publishes are cancelled first so none can ack after the
+        buffer has requeued it.
+        """
+        slots = asyncio.Semaphore(self._window)
+        failure: asyncio.Future[aiomqtt.MqttError] = asyncio.get_running_loop().create_future()
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def publish(message: Outbound) -> None:
+            try:
+                await client.publish(message.topic, message.payload, qos=1)
+            except aiomqtt.MqttError as exc:
+                if not failure.done():
+                    failure.set_result(exc)
+                return
+            finally:
+                slots.release()
+            self._buffer.ack(message)
+            self._acked += 1
+            if self._on_ack is not None:
+                self._on_ack(message)
+
+        try:
+            while True:
+                take = asyncio.ensure_future(self._buffer.take(self._window))
+                await asyncio.wait({take, failure}, return_when=asyncio.FIRST_COMPLETED)
+                if not take.done():
+                    take.cancel()
+                    raise failure.result()
+                for message in take.result():
+                    await slots.acquire()
+                    task = asyncio.create_task(publish(message))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                if failure.done():
+                    raise failure.result()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _status(self, node: str, kind: Kind, state: str) -> NodeStatus:
+        return NodeStatus(
+            v=CONTRACT_VERSION,
+            node=node,
+            kind=kind,
+            state=state,  # type: ignore[arg-type]
+            ts_ms=self._clock.now_ms(),
+            agent=self.agent_id,
+            uptime_s=(self._clock.now_ms() - self._started_ms) / 1000,
+        )
+
+    async def _publish_births(self, client: aiomqtt.Client) -> None:
+        for node, kind in self.nodes:
+            await client.publish(
+                status_topic(kind, node), encode(self._status(node, kind, "online")), qos=1, retain=True
+            )
+
+    async def _say_goodbye(self) -> None:
+        # A short-lived connection of its own: the pump's may already be gone.
+        try:
+            async with self._client() as client:
+                for node, kind in self.nodes:
+                    await client.publish(
+                        status_topic(kind, node),
+                        encode(self._status(node, kind, "offline")),
+                        qos=1,
+                        retain=True,
+                    )
+        except aiomqtt.MqttError as exc:
+            log.warning("agent %s could not publish offline status: %s", self.agent_id, exc)

@@ -1,0 +1,1 @@
+"""MQTT → stream bridge: validate, drop duplicates, enrich, dead-letter the rest."""

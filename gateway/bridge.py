@@ -1,0 +1,220 @@
+"""The gateway service: subscribe to the city's MQTT topics, hand valid readings on.
+
+For each message on `city/+/+/+`:
+
+- telemetry: validate → drop duplicates by (node, seq) → enrich with the
+  registry placement → `forward(key=node, value=EnrichedReading bytes)`;
+- status and event: validate and count (presence and edge alarms build on
+  these);
+- anything that fails: a `DeadLetter` with the reason and the raw bytes goes
+  to `dead_letter()`. Nothing is dropped silently and no input can stop the
+  loop: only the broker connection can, and then we reconnect.
+
+The MQTT session is persistent (clean_session off, fixed client id), so QoS 1
+messages published while the gateway reconnects wait for it at the broker.
+
+Flow control: `forward` is awaited per message, so a slow stream slows the
+loop. aiomqtt itself keeps reading the socket into its queue, which must
+stay unbounded: when a bounded aiomqtt queue is full it *discards* messages
+the broker already considers delivered. Stopping the acknowledgements
+instead belongs to the distributed gateway (issue 4).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Self
+
+import aiomqtt
+import msgspec
+
+from cityvitals.clock import Clock, SystemClock
+from cityvitals.contract import (
+    CONTRACT_VERSION,
+    DeadLetter,
+    EnrichedReading,
+    Reason,
+    encode,
+)
+from cityvitals.errors import ContractError
+from cityvitals.registry import Registry
+from cityvitals.topics import ALL_NODES_FILTER, Topic
+from edge.publisher import BrokerSettings
+from gateway.dedup import SeqWindow, Verdict
+from gateway.validate import Validator
+
+log = logging.getLogger(__name__)
+
+Forward = Callable[[bytes, bytes], Awaitable[None]]
+DeadLetterSink = Callable[[DeadLetter], Awaitable[None]]
+#: How much of a refused payload a dead letter keeps; its full size is recorded.
+DEAD_LETTER_KEEP_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayStats:
+    received: int
+    forwarded: int
+    duplicates: int
+    statuses: int
+    events: int
+    dead_letters: int
+    by_reason: dict[str, int]
+
+
+class Gateway:
+    """Bridge MQTT to the stream; use as an async context manager."""
+
+    def __init__(
+        self,
+        broker: BrokerSettings,
+        registry: Registry,
+        *,
+        forward: Forward,
+        dead_letter: DeadLetterSink,
+        clock: Clock | None = None,
+        client_id: str = "cv-gateway",
+        validator: Validator | None = None,
+        dedup: SeqWindow | None = None,
+        backoff: tuple[float, float] = (0.2, 10.0),
+        rng: random.Random | None = None,
+    ) -> None:
+        self.broker = broker
+        self._forward = forward
+        self._dead_letter = dead_letter
+        self._clock = clock or SystemClock()
+        self._client_id = client_id
+        self._validator = validator or Validator(registry)
+        self._dedup = dedup or SeqWindow()
+        self._backoff = backoff
+        self._rng = rng or random.Random()
+        self._task: asyncio.Task[None] | None = None
+        self._subscribed = asyncio.Event()
+        self._counts: Counter[str] = Counter()
+        self._reasons: Counter[str] = Counter()
+        self._forwarded = asyncio.Event()
+
+    async def __aenter__(self) -> Self:
+        self._task = asyncio.create_task(self._run(), name="gateway")
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        s = self.stats()
+        log.info(
+            "gateway stopped: %d received, %d forwarded, %d duplicates, %d dead letters %s",
+            s.received, s.forwarded, s.duplicates, s.dead_letters, dict(s.by_reason) or "",
+        )
+
+    async def wait_subscribed(self) -> None:
+        await self._subscribed.wait()
+
+    async def wait_forwarded(self, count: int) -> None:
+        """Return once `count` readings have been forwarded in total."""
+        while self._counts["forwarded"] < count:
+            self._forwarded.clear()
+            await self._forwarded.wait()
+
+    def stats(self) -> GatewayStats:
+        c = self._counts
+        return GatewayStats(
+            received=c["received"],
+            forwarded=c["forwarded"],
+            duplicates=c["duplicate"],
+            statuses=c["status"],
+            events=c["event"],
+            dead_letters=c["dead_letter"],
+            by_reason=dict(self._reasons),
+        )
+
+    async def _run(self) -> None:
+        delay = self._backoff[0]
+        while True:
+            try:
+                async with aiomqtt.Client(
+                    self.broker.host,
+                    self.broker.port,
+                    identifier=self._client_id,
+                    username=self.broker.username,
+                    password=self.broker.password,
+                    tls_context=self.broker.tls,
+                    keepalive=self.broker.keepalive,
+                    clean_session=False,
+                ) as client:
+                    await client.subscribe(ALL_NODES_FILTER, qos=1)
+                    log.info("gateway subscribed to %s on %s:%d",
+                             ALL_NODES_FILTER, self.broker.host, self.broker.port)
+                    self._subscribed.set()
+                    delay = self._backoff[0]
+                    async for message in client.messages:
+                        payload = message.payload
+                        data = bytes(payload) if isinstance(payload, bytes | bytearray) else b""
+                        await self.handle(message.topic.value, data)
+            except aiomqtt.MqttError as exc:
+                if self._subscribed.is_set():
+                    log.warning("gateway lost the broker (%s); reconnecting", exc)
+                self._subscribed.clear()
+                await asyncio.sleep(self._rng.uniform(0, delay))
+                delay = min(delay * 2, self._backoff[1])
+
+    async def handle(self, topic: str, payload: bytes) -> None:
+        """Process one message; never raises for bad input."""
+        self._counts["received"] += 1
+        try:
+            parsed = self._validator.topic(topic)
+            if parsed.channel == "telemetry":
+                await self._telemetry(parsed, payload)
+            elif parsed.channel == "status":
+                if payload:  # an empty retained message only clears the retained status
+                    self._validator.status(parsed, payload)
+                self._counts["status"] += 1
+            else:
+                self._validator.event(parsed, payload)
+                self._counts["event"] += 1
+        except ContractError as exc:
+            await self._refuse(topic, payload, Reason(exc.reason), exc.detail)
+
+    async def _telemetry(self, topic: Topic, payload: bytes) -> None:
+        reading, device = self._validator.telemetry(topic, payload)
+        verdict = self._dedup.check(reading.node, reading.seq)
+        if verdict is Verdict.DUPLICATE:
+            self._counts["duplicate"] += 1
+            return
+        envelope = EnrichedReading(
+            v=CONTRACT_VERSION,
+            reading=msgspec.Raw(payload),
+            placement=device.placement,
+            received_ms=self._clock.now_ms(),
+        )
+        await self._forward(reading.node.encode(), encode(envelope))
+        self._counts["forwarded"] += 1
+        self._forwarded.set()
+
+    async def _refuse(self, topic: str, payload: bytes, reason: Reason, detail: str) -> None:
+        self._counts["dead_letter"] += 1
+        self._reasons[reason.value] += 1
+        if self._reasons[reason.value] == 1:
+            # One line per new kind of trouble, not one per message.
+            log.warning("gateway: first dead letter for %s on %s: %s", reason.value, topic, detail)
+        await self._dead_letter(
+            DeadLetter(
+                v=CONTRACT_VERSION,
+                received_ms=self._clock.now_ms(),
+                source="gateway",
+                topic=topic[:512],
+                reason=reason,
+                detail=detail[:2048],
+                payload=payload[:DEAD_LETTER_KEEP_BYTES],
+                payload_size=len(payload),
+            )
+        )

@@ -1,0 +1,79 @@
+"""An in-process MQTT broker (amqtt) for the embedded mode: nothing to install.
+
+Binds to loopback on a free port unless told otherwise. Fine for a demo and
+for a few hundred nodes; a city runs Mosquitto or a clustered broker
+(`--mqtt URL`).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+from types import TracebackType
+from typing import Self
+
+from amqtt.broker import Broker
+from amqtt.errors import BrokerError
+
+from edge.publisher import BrokerSettings
+
+log = logging.getLogger(__name__)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+class EmbeddedBroker:
+    """`async with EmbeddedBroker() as broker: broker.settings ...`"""
+
+    def __init__(self, *, host: str = "127.0.0.1", port: int = 0, attempts: int = 5) -> None:
+        self.host = host
+        self._port = port
+        self._attempts = attempts
+        self._broker: Broker | None = None
+        self.port = 0
+
+    @property
+    def settings(self) -> BrokerSettings:
+        return BrokerSettings(host=self.host, port=self.port)
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
+
+    async def __aenter__(self) -> Self:
+        # amqtt cannot report the port it bound for port 0, so pick a free one
+        # and retry if another process takes it between the check and the bind.
+        for attempt in range(self._attempts):
+            port = self._port or free_port(self.host)
+            broker = Broker(
+                {
+                    "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{port}"}},
+                    "plugins": {
+                        "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True},
+                    },
+                }
+            )
+            try:
+                await broker.start()
+            except BrokerError as exc:
+                in_use = isinstance(exc.__cause__, OSError) and exc.__cause__.errno == errno.EADDRINUSE
+                if self._port or not in_use or attempt == self._attempts - 1:
+                    raise
+                continue
+            self._broker, self.port = broker, port
+            log.info("embedded MQTT broker listening on %s", self.url)
+            return self
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._broker is not None:
+            await self._broker.shutdown()
+            self._broker = None
+            log.info("embedded MQTT broker stopped")

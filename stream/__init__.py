@@ -1,0 +1,1 @@
+"""The stream layer: faust agents around pure detectors and early-warning rules."""

@@ -1,0 +1,101 @@
+"""Evaluate a node's rules on each reading and say which warnings changed. Pure.
+
+The per-node state is a small msgspec struct, encoded to bytes between
+readings, so a faust table (memory in the embedded mode, a Kafka changelog
+in the distributed one) can hold it and a restarted worker resumes it.
+
+>>> from cityvitals.contract import Placement, Reading
+>>> engine = RuleEngine()
+>>> where = Placement(district="Harbour", street="Dockside Street", grid="HB-101",
+...                   unit="Harbour Drainage Office", lat=31.2, lon=121.5)
+>>> state = NodeState()
+>>> out = []
+>>> for seq, depth in enumerate([3.0, 55.0, 57.0, 58.0]):
+...     r = Reading(v=1, node="wl-0001", kind=Kind.WATER_LEVEL, seq=seq,
+...                 ts_ms=1_764_028_800_000 + seq * 600_000, metrics={"depth_cm": depth})
+...     out += engine.evaluate(r, where, state)
+>>> [(w.level.label, w.value, w.threshold, len(w.evidence)) for w in out]
+[('red', 57.0, 50.0, 3)]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import msgspec
+
+from cityvitals.contract import CONTRACT_VERSION, Evidence, Placement, Reading, Warning, fingerprint
+from cityvitals.kinds import Kind, metric_spec
+from cityvitals.levels import Level
+from stream.rules import DEFAULT_RULES, RuleState, ThresholdRule
+
+EVIDENCE_READINGS = 5
+
+
+class NodeState(msgspec.Struct):
+    rules: dict[str, RuleState] = msgspec.field(default_factory=dict)
+    #: The last few (ts_ms, value) per metric: the evidence a warning carries.
+    recent: dict[str, list[tuple[int, float]]] = msgspec.field(default_factory=dict)
+
+
+_state_encoder = msgspec.msgpack.Encoder()
+_state_decoder = msgspec.msgpack.Decoder(NodeState)
+
+
+def encode_state(state: NodeState) -> bytes:
+    return _state_encoder.encode(state)
+
+
+def decode_state(data: bytes | None) -> NodeState:
+    return NodeState() if not data else _state_decoder.decode(data)
+
+
+class RuleEngine:
+    def __init__(self, rules: Iterable[ThresholdRule] = DEFAULT_RULES) -> None:
+        self.rules = tuple(rules)
+        self._by_kind: dict[Kind, tuple[ThresholdRule, ...]] = {
+            kind: tuple(r for r in self.rules if r.kind is kind) for kind in Kind
+        }
+
+    def evaluate(self, reading: Reading, placement: Placement, state: NodeState) -> list[Warning]:
+        """Update `state` with `reading`; return a Warning for each level that changed."""
+        for metric, value in reading.metrics.items():
+            recent = state.recent.setdefault(metric, [])
+            recent.append((reading.ts_ms, value))
+            del recent[:-EVIDENCE_READINGS]
+        changed: list[Warning] = []
+        for rule in self._by_kind[reading.kind]:
+            value = reading.metrics.get(rule.metric)
+            if value is None:
+                continue
+            rule_state = state.rules.setdefault(rule.name, RuleState())
+            before = rule_state.level
+            after = rule.step(rule_state, value)
+            if after is not None:
+                changed.append(self._warning(rule, reading, placement, state, before, after, value))
+        return changed
+
+    @staticmethod
+    def _warning(
+        rule: ThresholdRule, reading: Reading, placement: Placement, state: NodeState,
+        before: Level, after: Level, value: float,
+    ) -> Warning:
+        # A cleared warning reports the threshold of the level it left.
+        threshold = rule.threshold(after if after > Level.NONE else before)
+        return Warning(
+            v=CONTRACT_VERSION,
+            fingerprint=fingerprint(rule=rule.name, node=reading.node),
+            rule=rule.name,
+            node=reading.node,
+            kind=reading.kind,
+            metric=rule.metric,
+            level=after,
+            previous=before,
+            value=value,
+            threshold=threshold,
+            unit=metric_spec(reading.kind, rule.metric).unit,
+            ts_ms=reading.ts_ms,
+            seq=reading.seq,
+            placement=placement,
+            evidence=tuple(Evidence(ts_ms=t, value=v) for t, v in state.recent.get(rule.metric, ())),
+        )

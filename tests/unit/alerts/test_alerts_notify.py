@@ -1,0 +1,112 @@
+"""The console line and the notifiers' local checks (no network here)."""
+
+from __future__ import annotations
+
+import aiohttp
+import pytest
+
+from alerts.book import AlertBook
+from alerts.model import Notification
+from alerts.notify import ConsoleNotifier, WebhookNotifier, format_line
+from cityvitals.contract import Placement, Warning
+from cityvitals.errors import DeliveryError
+from cityvitals.kinds import Kind
+from cityvitals.levels import Level
+
+PLACE = Placement(
+    district="Harbour", street="Dockside Street", grid="HB-101", unit="harbour-ops", lat=1, lon=2
+)
+
+
+def warning(
+    level: Level, value: float, *, threshold: float | None = 50.0, ts_ms: int = 1
+) -> Warning:
+    return Warning(
+        v=1,
+        fingerprint="fp-1",
+        rule="water_level.depth",
+        node="wl-0003",
+        kind=Kind.WATER_LEVEL,
+        metric="depth_cm",
+        level=level,
+        previous=Level.NONE,
+        value=value,
+        threshold=threshold,
+        unit="cm",
+        ts_ms=ts_ms,
+        seq=1,
+        placement=PLACE,
+    )
+
+
+def lifecycle() -> list[Notification]:
+    book = AlertBook()
+    steps = [(Level.ORANGE, 51.0), (Level.RED, 62.1), (Level.YELLOW, 50.0), (Level.NONE, 12.25)]
+    out = [book.apply(warning(level, value, ts_ms=i)) for i, (level, value) in enumerate(steps)]
+    return [n for n in out if n is not None]
+
+
+WHERE = "water_level.depth  wl-0003  Harbour / Dockside Street / HB-101"
+
+
+def test_console_lines_for_a_whole_lifecycle() -> None:
+    """Each event gets one aligned line; changes say the direction and what the level was."""
+    lines = [format_line(n) for n in lifecycle()]
+    assert lines == [
+        f"ALERT firing   ORANGE (II)  {WHERE}   51 cm >= 50 cm",
+        f"ALERT raised   RED (I)      {WHERE}   62.1 cm >= 50 cm  (was ORANGE (II))",
+        f"ALERT lowered  YELLOW (III) {WHERE}   50 cm >= 50 cm  (was RED (I))",
+        f"ALERT resolved YELLOW (III) {WHERE}   12.25 cm < 50 cm  (peak RED (I))",
+    ]
+
+
+def test_console_line_without_threshold() -> None:
+    """Rules with no fixed threshold (anomaly scores) show only the value."""
+    n = AlertBook().apply(warning(Level.BLUE, 3.0, threshold=None))
+    assert n is not None
+    assert format_line(n) == f"ALERT firing   BLUE (IV)    {WHERE}   3 cm"
+
+
+async def test_console_notifier_writes_one_line_per_notification() -> None:
+    """ConsoleNotifier writes exactly the formatted line through the injected callable."""
+    written: list[str] = []
+    console = ConsoleNotifier(written.append)
+    ns = lifecycle()
+    for n in ns:
+        await console.send(n)
+    assert written == [format_line(n) for n in ns]
+    assert console.name == "console"
+
+
+async def test_console_write_failure_is_a_non_retryable_delivery_error() -> None:
+    """A broken output (closed pipe) is reported as DeliveryError, not retried."""
+
+    def broken(_line: str) -> None:
+        raise BrokenPipeError("stdout closed")
+
+    n = lifecycle()[0]
+    with pytest.raises(DeliveryError) as info:
+        await ConsoleNotifier(broken, name="tty").send(n)
+    assert (info.value.receiver, info.value.retryable) == ("tty", False)
+
+
+@pytest.mark.parametrize("url", ["ftp://example.org/hook", "not a url", "http://", "/relative"])
+async def test_webhook_rejects_bad_urls_at_construction(url: str) -> None:
+    """A mistyped webhook URL fails at start-up, not at the first alert."""
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(ValueError, match="not an http"):
+            WebhookNotifier(url, session)
+
+
+async def test_webhook_rejects_non_positive_timeout() -> None:
+    """A zero timeout would fail every delivery; refuse it up front."""
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(ValueError, match="timeout"):
+            WebhookNotifier("http://127.0.0.1:9/hook", session, timeout=0)
+
+
+def test_resolved_alert_level_is_none_but_line_names_the_resolved_level() -> None:
+    """The resolved alert's own level is NONE; the line shows what was resolved instead."""
+    n = lifecycle()[-1]
+    assert n.alert.level is Level.NONE
+    assert "YELLOW (III)" in format_line(n)
