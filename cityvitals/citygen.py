@@ -79,8 +79,11 @@ def generate_city(*, nodes: int = 240, districts: int = 4, seed: int = 1) -> Reg
         angle = 2 * math.pi * i / districts + rng.uniform(-0.2, 0.2)
         radius = 0 if i == 0 else rng.uniform(3_000, 5_000)
         centres.append(
-            _offset(*CITY_CENTRE, radius * math.cos(angle) if i else 0.0,
-                    radius * math.sin(angle) if i else 0.0)
+            _offset(
+                *CITY_CENTRE,
+                radius * math.cos(angle) if i else 0.0,
+                radius * math.sin(angle) if i else 0.0,
+            )
         )
     grids: list[list[tuple[str, str, tuple[float, float]]]] = []
     for (_name, code, streets), centre in zip(DISTRICTS[:districts], centres, strict=True):

@@ -31,7 +31,16 @@ def _setup_logging(verbose: int, console: object | None = None) -> None:
     logging.basicConfig(level=level, format=fmt, datefmt="%H:%M:%S", handlers=[handler], force=True)
     # Third-party libraries log per connection or per message at INFO; we
     # report state changes ourselves.
-    for noisy in ("amqtt", "transitions", "faust", "mode", "aiokafka", "aiohttp.access"):
+    # faust logs an App under the module that defines its class (stream.app).
+    for noisy in (
+        "amqtt",
+        "transitions",
+        "faust",
+        "mode",
+        "aiokafka",
+        "aiohttp.access",
+        "stream.app",
+    ):
         logging.getLogger(noisy).setLevel(logging.DEBUG if verbose > 2 else logging.WARNING)
 
 
@@ -47,29 +56,77 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--duration", type=click.FloatRange(min=0), default=60.0, show_default=True,
-              help="Wall-clock seconds for the simulated day (0: as fast as possible).")
-@click.option("--nodes", type=click.IntRange(min=16), default=240, show_default=True,
-              help="Sensor nodes in the simulated city.")
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=0),
+    default=60.0,
+    show_default=True,
+    help="Wall-clock seconds for the simulated day (0: as fast as possible).",
+)
+@click.option(
+    "--nodes",
+    type=click.IntRange(min=16),
+    default=240,
+    show_default=True,
+    help="Sensor nodes in the simulated city.",
+)
 @click.option("--districts", type=click.IntRange(1, 6), default=4, show_default=True)
-@click.option("--seed", type=int, default=7, show_default=True,
-              help="Seed for the city, its normal life and the incidents.")
-@click.option("--interval", type=click.FloatRange(min=1), default=600.0, show_default=True,
-              help="Simulated seconds between two readings of a node.")
-@click.option("--registry", "registry_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Use this device registry CSV instead of generating a city.")
-@click.option("--mqtt", "mqtt_url", metavar="URL",
-              help="Use an external broker (mqtt://host:port) instead of the embedded one.")
-@click.option("--webhook", "webhook_url", metavar="URL",
-              help="Also POST every alert notification as JSON to this URL.")
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
-              default=Path("cityvitals-data"), show_default=True,
-              help="Where the run's store (SQLite) is written; replaced on each demo run.")
+@click.option(
+    "--seed",
+    type=int,
+    default=7,
+    show_default=True,
+    help="Seed for the city, its normal life and the incidents.",
+)
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=1),
+    default=600.0,
+    show_default=True,
+    help="Simulated seconds between two readings of a node.",
+)
+@click.option(
+    "--registry",
+    "registry_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Use this device registry CSV instead of generating a city.",
+)
+@click.option(
+    "--mqtt",
+    "mqtt_url",
+    metavar="URL",
+    help="Use an external broker (mqtt://host:port) instead of the embedded one.",
+)
+@click.option(
+    "--webhook",
+    "webhook_url",
+    metavar="URL",
+    help="Also POST every alert notification as JSON to this URL.",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("cityvitals-data"),
+    show_default=True,
+    help="Where the run's store (SQLite) is written; replaced on each demo run.",
+)
 @click.option("--quiet-day", is_flag=True, help="Normal city life only: no scripted incidents.")
-@click.option("-v", "--verbose", count=True, help="More log detail (-vv debug, -vvv libraries too).")
-def demo(duration: float, nodes: int, districts: int, seed: int, interval: float,
-         registry_path: Path | None, mqtt_url: str | None, webhook_url: str | None,
-         data_dir: Path, quiet_day: bool, verbose: int) -> None:
+@click.option(
+    "-v", "--verbose", count=True, help="More log detail (-vv debug, -vvv libraries too)."
+)
+def demo(
+    duration: float,
+    nodes: int,
+    districts: int,
+    seed: int,
+    interval: float,
+    registry_path: Path | None,
+    mqtt_url: str | None,
+    webhook_url: str | None,
+    data_dir: Path,
+    quiet_day: bool,
+    verbose: int,
+) -> None:
     """Run a simulated city's day through the whole pipeline, in one process.
 
     An embedded MQTT broker, a simulated city of sensor nodes publishing
@@ -103,9 +160,16 @@ def demo(duration: float, nodes: int, districts: int, seed: int, interval: float
         console = Console(width=200)
     _setup_logging(verbose, console)
     options = DemoOptions(
-        data_dir=data_dir, duration_s=duration, nodes=nodes, districts=districts, seed=seed,
-        interval_s=interval, mqtt_url=mqtt_url, webhook_url=webhook_url,
-        registry_path=registry_path, quiet=quiet_day,
+        data_dir=data_dir,
+        duration_s=duration,
+        nodes=nodes,
+        districts=districts,
+        seed=seed,
+        interval_s=interval,
+        mqtt_url=mqtt_url,
+        webhook_url=webhook_url,
+        registry_path=registry_path,
+        quiet=quiet_day,
     )
     try:
         result = asyncio.run(run_with_console(options, console))
@@ -126,8 +190,12 @@ def city() -> None:
 @click.option("--nodes", type=click.IntRange(min=5), default=240, show_default=True)
 @click.option("--districts", type=click.IntRange(1, 6), default=4, show_default=True)
 @click.option("--seed", type=int, default=7, show_default=True)
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("registry.csv"),
-              show_default=True)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("registry.csv"),
+    show_default=True,
+)
 def city_generate(nodes: int, districts: int, seed: int, out: Path) -> None:
     """Write a registry CSV for a believable simulated city."""
     from cityvitals.citygen import generate_city
@@ -153,8 +221,10 @@ def city_check(path: Path) -> None:
     except CityvitalsError as exc:
         raise click.ClickException(str(exc)) from exc
     kinds = Counter(d.kind.value for d in registry)
-    click.echo(f"{path}: {len(registry)} nodes, {len(registry.districts())} districts, "
-               + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items())))
+    click.echo(
+        f"{path}: {len(registry)} nodes, {len(registry.districts())} districts, "
+        + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items()))
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

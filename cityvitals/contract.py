@@ -70,7 +70,7 @@ class _Strict(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defa
     """Base for every message: immutable, strict, compact on the wire."""
 
 
-class Reading(_Strict):
+class Reading(_Strict, frozen=True):
     """One sample from one sensor node, as the node (or its agent) reports it."""
 
     v: Literal[1]
@@ -83,7 +83,7 @@ class Reading(_Strict):
     rssi_dbm: float | None = None
 
 
-class NodeStatus(_Strict):
+class NodeStatus(_Strict, frozen=True):
     """Presence, on `.../status`: retained birth, last will, and heartbeats."""
 
     v: Literal[1]
@@ -99,7 +99,7 @@ class NodeStatus(_Strict):
     reason: Text | None = None
 
 
-class EdgeEvent(_Strict):
+class EdgeEvent(_Strict, frozen=True):
     """A condition the edge judged critical on its own (cover opened, alarm contact)."""
 
     v: Literal[1]
@@ -112,7 +112,7 @@ class EdgeEvent(_Strict):
     detail: Text | None = None
 
 
-class Placement(_Strict):
+class Placement(_Strict, frozen=True):
     """Where a node is, administratively and on the map (from the registry)."""
 
     district: str
@@ -123,7 +123,7 @@ class Placement(_Strict):
     lon: float
 
 
-class EnrichedReading(_Strict):
+class EnrichedReading(_Strict, frozen=True):
     """What the gateway hands to the stream: the validated bytes plus placement.
 
     `reading` is the exact JSON the node sent (`msgspec.Raw`): the gateway
@@ -136,12 +136,12 @@ class EnrichedReading(_Strict):
     received_ms: int
 
 
-class Evidence(_Strict):
+class Evidence(_Strict, frozen=True):
     ts_ms: int
     value: float
 
 
-class Warning(_Strict):  # noqa: A001 - the domain word; always used qualified or imported by name
+class Warning(_Strict, frozen=True):
     """An early-warning state change for one (rule, node): raised, changed or cleared.
 
     `fingerprint` is the identity of the condition, stable across level
@@ -170,7 +170,7 @@ class Warning(_Strict):  # noqa: A001 - the domain word; always used qualified o
         return self.level is Level.NONE
 
 
-class DeadLetter(_Strict):
+class DeadLetter(_Strict, frozen=True):
     """A message we could not accept, kept with its reason and its raw bytes."""
 
     v: Literal[1]

@@ -18,7 +18,12 @@ from cityvitals.levels import WARNING_LEVELS, Level
 
 log = logging.getLogger("cityvitals.demo")
 
-LEVEL_STYLE = {Level.BLUE: "blue", Level.YELLOW: "yellow", Level.ORANGE: "dark_orange", Level.RED: "red"}
+LEVEL_STYLE = {
+    Level.BLUE: "blue",
+    Level.YELLOW: "yellow",
+    Level.ORANGE: "dark_orange",
+    Level.RED: "red",
+}
 #: Without a terminal, one progress line per this many seconds instead of a live line.
 PLAIN_PROGRESS_EVERY_S = 10.0
 
@@ -49,7 +54,9 @@ async def run_with_console(options: DemoOptions, console: Console) -> DemoResult
         if console.is_terminal:
             with Live(Text(""), console=console, refresh_per_second=4, transient=True) as live:
                 result = await run_demo(
-                    options, notifiers=notifiers, stop=stop,
+                    options,
+                    notifiers=notifiers,
+                    stop=stop,
                     progress=lambda line: live.update(Text(line, style="dim")),
                 )
         else:
@@ -71,7 +78,9 @@ def print_summary(result: DemoResult, console: Console) -> None:
     table.add_column(style="bold")
     table.add_column()
     rate = result.published / result.elapsed_s if result.elapsed_s else 0.0
-    table.add_row("readings published", f"{result.published:,} ({rate:,.0f}/s over {result.elapsed_s:.1f} s)")
+    table.add_row(
+        "readings published", f"{result.published:,} ({rate:,.0f}/s over {result.elapsed_s:.1f} s)"
+    )
     table.add_row("readings stored", f"{result.stored:,}")
     lost = f"[red]{result.missing:,} LOST[/]" if result.missing else "[green]0 lost[/]"
     table.add_row("lost", lost + ("" if result.settled else " [red](pipeline did not settle)[/]"))
@@ -79,8 +88,10 @@ def print_summary(result: DemoResult, console: Console) -> None:
     table.add_row("dead letters", f"{result.dead_letters:,}")
     table.add_row(
         "warnings raised",
-        "  ".join(f"[{LEVEL_STYLE[lv]}]{lv.label} ({lv.roman}) {result.warnings_raised.get(lv, 0)}[/]"
-                  for lv in WARNING_LEVELS),
+        "  ".join(
+            f"[{LEVEL_STYLE[lv]}]{lv.label} ({lv.roman}) {result.warnings_raised.get(lv, 0)}[/]"
+            for lv in WARNING_LEVELS
+        ),
     )
     table.add_row(
         "alerts",

@@ -41,6 +41,12 @@ class Level(IntEnum):
         raise ValueError(f"unknown warning level {text!r}; expected blue, yellow, orange or red")
 
 
-_ROMAN = {Level.NONE: "-", Level.BLUE: "IV", Level.YELLOW: "III", Level.ORANGE: "II", Level.RED: "I"}
+_ROMAN = {
+    Level.NONE: "-",
+    Level.BLUE: "IV",
+    Level.YELLOW: "III",
+    Level.ORANGE: "II",
+    Level.RED: "I",
+}
 
 WARNING_LEVELS: tuple[Level, ...] = (Level.BLUE, Level.YELLOW, Level.ORANGE, Level.RED)

@@ -15,6 +15,7 @@ import csv
 import io
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -104,7 +105,8 @@ class Registry:
             device = _parse_row(row, path, line)
             if device.node in seen:
                 raise ConfigError(
-                    path, f"line {line}, column node",
+                    path,
+                    f"line {line}, column node",
                     f"a node id not used before (first on line {seen[device.node]})",
                     found=device.node,
                 )
@@ -123,16 +125,29 @@ class Registry:
         writer.writerow(COLUMNS)
         for d in self._devices.values():
             writer.writerow(
-                (d.node, d.kind.value, f"{d.lat:.6f}", f"{d.lon:.6f}",
-                 d.district, d.street, d.grid, d.unit)
+                (
+                    d.node,
+                    d.kind.value,
+                    f"{d.lat:.6f}",
+                    f"{d.lon:.6f}",
+                    d.district,
+                    d.street,
+                    d.grid,
+                    d.unit,
+                )
             )
         return out.getvalue()
 
 
-def _parse_row(row: dict[str | None, object], path: Path | str, line: int) -> Device:
+def _parse_row(row: dict[str | None, Any], path: Path | str, line: int) -> Device:
     if None in row:  # DictReader files surplus fields under None
-        raise ConfigError(path, f"line {line}", f"{len(COLUMNS)} columns ({','.join(COLUMNS)})",
-                          found=f"{len(COLUMNS) + len(row[None])} columns")  # type: ignore[arg-type]
+        raise ConfigError(
+            path,
+            f"line {line}",
+            f"{len(COLUMNS)} columns ({','.join(COLUMNS)})",
+            found=f"{len(COLUMNS) + len(row[None])} columns",
+        )
+
     def field(name: str) -> str:
         value = str(row.get(name) or "").strip()
         if not value:
@@ -156,15 +171,19 @@ def _parse_row(row: dict[str | None, object], path: Path | str, line: int) -> De
         _NODE_ID.decode(msgspec.json.encode(node))
     except msgspec.ValidationError as exc:
         raise ConfigError(
-            path, f"line {line}, column node",
-            "1-64 of a-z, 0-9, '-' or '_', starting with a letter or digit", found=node,
+            path,
+            f"line {line}, column node",
+            "1-64 of a-z, 0-9, '-' or '_', starting with a letter or digit",
+            found=node,
         ) from exc
     kind_text = field("kind")
     try:
         kind = Kind(kind_text)
     except ValueError as exc:
         raise ConfigError(
-            path, f"line {line}, column kind", f"one of {', '.join(k.value for k in Kind)}",
+            path,
+            f"line {line}, column kind",
+            f"one of {', '.join(k.value for k in Kind)}",
             found=kind_text,
         ) from exc
     return Device(

@@ -106,7 +106,9 @@ class EmbeddedStore:
     StoreStats(readings=0, warnings=0, dead_letters=0, notifications=0)
     """
 
-    def __init__(self, path: Path | str, *, queue_size: int = 20_000, batch_size: int = 1_000) -> None:
+    def __init__(
+        self, path: Path | str, *, queue_size: int = 20_000, batch_size: int = 1_000
+    ) -> None:
         self.path = Path(path)
         self._queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(maxsize=queue_size)
         self._batch_size = batch_size
@@ -124,7 +126,10 @@ class EmbeddedStore:
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         try:
             if self._writer is not None and not self._writer.done():
@@ -149,10 +154,20 @@ class EmbeddedStore:
 
     async def write_reading(self, reading: Reading, placement: Placement, received_ms: int) -> None:
         row = (
-            reading.node, reading.seq, reading.kind.value, reading.ts_ms, received_ms,
-            placement.district, placement.street, placement.grid, placement.unit,
-            placement.lat, placement.lon,
-            _fields_encoder.encode(reading.metrics).decode(), reading.battery_pct, reading.rssi_dbm,
+            reading.node,
+            reading.seq,
+            reading.kind.value,
+            reading.ts_ms,
+            received_ms,
+            placement.district,
+            placement.street,
+            placement.grid,
+            placement.unit,
+            placement.lat,
+            placement.lon,
+            _fields_encoder.encode(reading.metrics).decode(),
+            reading.battery_pct,
+            reading.rssi_dbm,
         )
         await self._put("readings", row)
 
@@ -160,22 +175,48 @@ class EmbeddedStore:
         """Store a warning; `body` is its encoded form, kept whole for replays."""
         p = warning.placement
         row = (
-            warning.fingerprint, warning.rule, warning.node, warning.kind.value, warning.metric,
-            int(warning.level), int(warning.previous), warning.value, warning.threshold,
-            warning.ts_ms, warning.seq, p.district, p.street, p.grid, body,
+            warning.fingerprint,
+            warning.rule,
+            warning.node,
+            warning.kind.value,
+            warning.metric,
+            int(warning.level),
+            int(warning.previous),
+            warning.value,
+            warning.threshold,
+            warning.ts_ms,
+            warning.seq,
+            p.district,
+            p.street,
+            p.grid,
+            body,
         )
         await self._put("warnings", row)
 
     async def write_dead_letter(self, letter: DeadLetter) -> None:
         row = (
-            letter.received_ms, letter.source, letter.topic, letter.reason.value, letter.detail,
-            letter.payload, letter.payload_size,
+            letter.received_ms,
+            letter.source,
+            letter.topic,
+            letter.reason.value,
+            letter.detail,
+            letter.payload,
+            letter.payload_size,
         )
         await self._put("dead_letters", row)
 
     async def write_notification(
-        self, *, notification_id: str, fingerprint: str, event: str, level: int, node: str,
-        receiver: str, outcome: str, detail: str, ts_ms: int,
+        self,
+        *,
+        notification_id: str,
+        fingerprint: str,
+        event: str,
+        level: int,
+        node: str,
+        receiver: str,
+        outcome: str,
+        detail: str,
+        ts_ms: int,
     ) -> None:
         row = (notification_id, fingerprint, event, level, node, receiver, outcome, detail, ts_ms)
         await self._put("notifications", row)
@@ -214,7 +255,9 @@ class EmbeddedStore:
                 # A disk that is full or a file that vanished is not something
                 # to retry blindly: record it, wake waiters, and stop writing.
                 self._failure = exc
-                log.exception("store writer failed; %d rows not written", sum(map(len, rows.values())))
+                log.exception(
+                    "store writer failed; %d rows not written", sum(map(len, rows.values()))
+                )
                 for fut in flushes:
                     if not fut.done():
                         fut.set_exception(exc)
@@ -265,8 +308,14 @@ class EmbeddedStore:
         )
         return [
             DeadLetter(
-                v=1, received_ms=r[0], source=r[1], topic=r[2], reason=Reason(r[3]),
-                detail=r[4], payload=bytes(r[5]), payload_size=r[6],
+                v=1,
+                received_ms=r[0],
+                source=r[1],
+                topic=r[2],
+                reason=Reason(r[3]),
+                detail=r[4],
+                payload=bytes(r[5]),
+                payload_size=r[6],
             )
             for r in rows
         ]
@@ -274,5 +323,6 @@ class EmbeddedStore:
     def notifications(self) -> list[tuple[str, str, int, str, str, str]]:
         """(fingerprint, event, level, node, receiver, outcome), in delivery order."""
         return self._query(
-            "SELECT fingerprint, event, level, node, receiver, outcome FROM notifications ORDER BY id"
+            "SELECT fingerprint, event, level, node, receiver, outcome"
+            " FROM notifications ORDER BY id"
         )

@@ -107,7 +107,7 @@ class MemoryBuffer:
     async def take(self, limit: int) -> list[Outbound]:
         while not self._queued:
             await self._has_queued.wait()
-        batch = []
+        batch: list[Outbound] = []
         while self._queued and len(batch) < limit:
             message = self._queued.popleft()
             self._in_flight[message.position] = message

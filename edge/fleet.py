@@ -15,7 +15,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, suppress
 from dataclasses import dataclass
 
 from cityvitals.contract import CONTRACT_VERSION, Reading
@@ -111,8 +111,13 @@ class SimulatedFleet:
                 await stack.enter_async_context(publisher)
                 self._publishers.append(publisher)
                 by_node.update(dict.fromkeys(nodes, publisher))
-            log.info("fleet: %d nodes on %d edge agents, %d ticks of %.0f s simulated",
-                     len(self._sims), len(self._agents), self.ticks_total, self.interval_s)
+            log.info(
+                "fleet: %d nodes on %d edge agents, %d ticks of %.0f s simulated",
+                len(self._sims),
+                len(self._agents),
+                self.ticks_total,
+                self.interval_s,
+            )
             step = self.duration_s / self.ticks_total if self.ticks_total else 0.0
             began = time.monotonic()
             for tick in range(self.ticks_total):
@@ -122,10 +127,8 @@ class SimulatedFleet:
                 lag = began + tick * step - time.monotonic()
                 if lag > 0:
                     # Wake early on stop so Ctrl-C is not held up by pacing.
-                    try:
+                    with suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), lag)
-                    except TimeoutError:
-                        pass
                     if stop.is_set():
                         continue
                 t = tick * self.interval_s

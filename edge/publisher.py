@@ -20,7 +20,7 @@ import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 import aiomqtt
 
@@ -121,7 +121,10 @@ class EdgePublisher:
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         if self._pump is not None:
             self._pump.cancel()
@@ -139,7 +142,12 @@ class EdgePublisher:
     async def submit(self, reading: Reading) -> None:
         """Queue a reading for publishing; waits while the buffer is full."""
         await self._buffer.put(
-            Outbound(telemetry_topic(reading.kind, reading.node), encode(reading), reading.node, reading.seq)
+            Outbound(
+                telemetry_topic(reading.kind, reading.node),
+                encode(reading),
+                reading.node,
+                reading.seq,
+            )
         )
 
     async def flush(self) -> None:
@@ -183,7 +191,12 @@ class EdgePublisher:
                     self._connected.set()
                     delay = self._backoff[0]
                     if self._connections > 1:
-                        log.info("agent %s reconnected to %s:%d", self.agent_id, self.broker.host, self.broker.port)
+                        log.info(
+                            "agent %s reconnected to %s:%d",
+                            self.agent_id,
+                            self.broker.host,
+                            self.broker.port,
+                        )
                     await self._publish_births(client)
                     await self._pump_messages(client)
             except aiomqtt.MqttError as exc:
@@ -194,7 +207,9 @@ class EdgePublisher:
                 if was_connected:
                     log.warning(
                         "agent %s lost the broker (%s); %d unacknowledged readings requeued",
-                        self.agent_id, exc, back,
+                        self.agent_id,
+                        exc,
+                        back,
                     )
                 # Full jitter: many agents losing one broker must not reconnect in step.
                 await asyncio.sleep(self._rng.uniform(0, delay))
@@ -228,7 +243,8 @@ class EdgePublisher:
         try:
             while True:
                 take = asyncio.ensure_future(self._buffer.take(self._window))
-                await asyncio.wait({take, failure}, return_when=asyncio.FIRST_COMPLETED)
+                waiting: set[asyncio.Future[Any]] = {take, failure}
+                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
                 if not take.done():
                     take.cancel()
                     raise failure.result()
@@ -258,7 +274,10 @@ class EdgePublisher:
     async def _publish_births(self, client: aiomqtt.Client) -> None:
         for node, kind in self.nodes:
             await client.publish(
-                status_topic(kind, node), encode(self._status(node, kind, "online")), qos=1, retain=True
+                status_topic(kind, node),
+                encode(self._status(node, kind, "online")),
+                qos=1,
+                retain=True,
             )
 
     async def _say_goodbye(self) -> None:

@@ -15,8 +15,9 @@ gives the same readings whatever the event loop does.
 >>> scenario = Scenario.default(city, seed=3)
 >>> [i.name for i in scenario.incidents]
 ['cover-lifted', 'rainstorm', 'crowd-surge', 'fire']
->>> sim = NodeSimulator(city.by_kind(Kind.WATER_LEVEL)[0], scenario, seed=3)
->>> sim.metrics(3600.0) == NodeSimulator(city.by_kind(Kind.WATER_LEVEL)[0], scenario, seed=3).metrics(3600.0)
+>>> node = city.by_kind(Kind.WATER_LEVEL)[0]
+>>> sim = NodeSimulator(node, scenario, seed=3)
+>>> sim.metrics(3600.0) == NodeSimulator(node, scenario, seed=3).metrics(3600.0)
 True
 """
 
@@ -82,9 +83,12 @@ def _ramp(t: float, start: float, rise: float, hold: float, fall: float) -> floa
     return 0.0
 
 
-def _peak_overlay(metric: str, start: float, rise: float, hold: float, fall: float, peak: float) -> Overlay:
+def _peak_overlay(
+    metric: str, start: float, *, rise: float, hold: float, fall: float, peak: float
+) -> Overlay:
     def overlay(t: float) -> Mapping[str, float]:
         return {metric: peak * _ramp(t, start, rise, hold, fall)}
+
     return overlay
 
 
@@ -95,6 +99,7 @@ def _combine(*overlays: Overlay) -> Overlay:
             for k, v in o(t).items():
                 out[k] = max(out.get(k, 0.0), v)
         return out
+
     return overlay
 
 
@@ -111,7 +116,9 @@ class Scenario:
 
     @property
     def incident_nodes(self) -> frozenset[str]:
-        return frozenset().union(*(i.nodes for i in self.incidents)) if self.incidents else frozenset()
+        return (
+            frozenset().union(*(i.nodes for i in self.incidents)) if self.incidents else frozenset()
+        )
 
     @classmethod
     def quiet(cls) -> Scenario:
@@ -122,59 +129,119 @@ class Scenario:
         """The demo's day: cover lifted 09:40, rainstorm 13:30, crowd surge 19:00, fire 20:10."""
         rng = random.Random(seed)
         districts = city.districts()
-        pick = lambda kind, d: sorted(  # noqa: E731 - tiny local selector
-            (x.node for x in city.by_kind(kind) if x.district == districts[d % len(districts)])
-        )
+
+        def pick(kind: Kind, district: int) -> list[str]:
+            name = districts[district % len(districts)]
+            return sorted(x.node for x in city.by_kind(kind) if x.district == name)
+
         incidents = []
 
         manhole = rng.choice(pick(Kind.MANHOLE, 1))
         start = 9 * HOUR + 40 * 60
-        incidents.append(Incident(
-            "cover-lifted", f"manhole cover lifted at {manhole}", start, start + 50 * 60,
-            {manhole: _combine(
-                _peak_overlay("cover_tilt_deg", start, 60, 45 * 60, 60, 37.0),
-                _peak_overlay("cover_open", start, 1, 47 * 60, 1, 1.0),
-            )},
-            (ExpectedAlert(manhole, "manhole.cover_tilt", Level.RED),
-             ExpectedAlert(manhole, "manhole.cover_open", Level.ORANGE)),
-        ))
+        incidents.append(
+            Incident(
+                "cover-lifted",
+                f"manhole cover lifted at {manhole}",
+                start,
+                start + 50 * 60,
+                {
+                    manhole: _combine(
+                        _peak_overlay(
+                            "cover_tilt_deg", start, rise=60, hold=45 * 60, fall=60, peak=37.0
+                        ),
+                        _peak_overlay("cover_open", start, rise=1, hold=47 * 60, fall=1, peak=1.0),
+                    )
+                },
+                (
+                    ExpectedAlert(manhole, "manhole.cover_tilt", Level.RED),
+                    ExpectedAlert(manhole, "manhole.cover_open", Level.ORANGE),
+                ),
+            )
+        )
 
         storm_nodes = pick(Kind.WATER_LEVEL, 0)
         rng.shuffle(storm_nodes)
         start = 13.5 * HOUR
-        peaks = {storm_nodes[0]: (64.0, Level.RED), storm_nodes[1]: (39.0, Level.ORANGE),
-                 storm_nodes[2]: (25.0, Level.YELLOW)}
+        peaks = {
+            storm_nodes[0]: (64.0, Level.RED),
+            storm_nodes[1]: (39.0, Level.ORANGE),
+            storm_nodes[2]: (25.0, Level.YELLOW),
+        }
         overlays: dict[str, Overlay] = {}
         for node in storm_nodes:
             peak = peaks.get(node, (rng.uniform(1.5, 5.0), Level.NONE))[0]
-            overlays[node] = _peak_overlay("depth_cm", start, 1.5 * HOUR, 0.75 * HOUR, 2 * HOUR, peak)
-        incidents.append(Incident(
-            "rainstorm", f"rainstorm over {districts[0]}", start, start + 4.25 * HOUR, overlays,
-            tuple(ExpectedAlert(n, "water_level.depth", lvl) for n, (_, lvl) in peaks.items()),
-        ))
+            overlays[node] = _peak_overlay(
+                "depth_cm", start, rise=1.5 * HOUR, hold=0.75 * HOUR, fall=2 * HOUR, peak=peak
+            )
+        incidents.append(
+            Incident(
+                "rainstorm",
+                f"rainstorm over {districts[0]}",
+                start,
+                start + 4.25 * HOUR,
+                overlays,
+                tuple(ExpectedAlert(n, "water_level.depth", lvl) for n, (_, lvl) in peaks.items()),
+            )
+        )
 
         crowd = pick(Kind.CROWD, 0)
         rng.shuffle(crowd)
         start = 19 * HOUR
-        incidents.append(Incident(
-            "crowd-surge", f"crowd surge at {crowd[0]}", start, start + 105 * 60,
-            {crowd[0]: _peak_overlay("density_m2", start, 40 * 60, 45 * 60, 20 * 60, 5.6),
-             crowd[1]: _peak_overlay("density_m2", start, 40 * 60, 45 * 60, 20 * 60, 3.5)},
-            (ExpectedAlert(crowd[0], "crowd.density", Level.RED),
-             ExpectedAlert(crowd[1], "crowd.density", Level.YELLOW)),
-        ))
+        incidents.append(
+            Incident(
+                "crowd-surge",
+                f"crowd surge at {crowd[0]}",
+                start,
+                start + 105 * 60,
+                {
+                    crowd[0]: _peak_overlay(
+                        "density_m2", start, rise=40 * 60, hold=45 * 60, fall=20 * 60, peak=5.6
+                    ),
+                    crowd[1]: _peak_overlay(
+                        "density_m2", start, rise=40 * 60, hold=45 * 60, fall=20 * 60, peak=3.5
+                    ),
+                },
+                (
+                    ExpectedAlert(crowd[0], "crowd.density", Level.RED),
+                    ExpectedAlert(crowd[1], "crowd.density", Level.YELLOW),
+                ),
+            )
+        )
 
         smoke = rng.choice(pick(Kind.SMOKE, 2))
         start = 20 * HOUR + 10 * 60
-        incidents.append(Incident(
-            "fire", f"fire at {smoke}", start, start + 110 * 60,
-            {smoke: _combine(
-                _peak_overlay("obscuration_pct_m", start, 25 * 60, 45 * 60, 35 * 60, 14.0),
-                _peak_overlay("temperature_c", start, 30 * 60, 45 * 60, 35 * 60, 95.0),
-            )},
-            (ExpectedAlert(smoke, "smoke.obscuration", Level.RED),
-             ExpectedAlert(smoke, "smoke.temperature", Level.RED)),
-        ))
+        incidents.append(
+            Incident(
+                "fire",
+                f"fire at {smoke}",
+                start,
+                start + 110 * 60,
+                {
+                    smoke: _combine(
+                        _peak_overlay(
+                            "obscuration_pct_m",
+                            start,
+                            rise=25 * 60,
+                            hold=45 * 60,
+                            fall=35 * 60,
+                            peak=14.0,
+                        ),
+                        _peak_overlay(
+                            "temperature_c",
+                            start,
+                            rise=30 * 60,
+                            hold=45 * 60,
+                            fall=35 * 60,
+                            peak=95.0,
+                        ),
+                    )
+                },
+                (
+                    ExpectedAlert(smoke, "smoke.obscuration", Level.RED),
+                    ExpectedAlert(smoke, "smoke.temperature", Level.RED),
+                ),
+            )
+        )
         by_node: dict[str, list[Overlay]] = {}
         for incident in incidents:
             for node, overlay in incident.overlays.items():
@@ -238,7 +305,9 @@ class NodeSimulator:
             # Traffic rocks covers a little during the day.
             traffic = _daily(t, 8.5, 2) + _daily(t, 18, 2)
             return {
-                "cover_tilt_deg": max(0.0, 0.6 + 0.8 * traffic * self._scale + noise.gauss(0, 0.25)),
+                "cover_tilt_deg": max(
+                    0.0, 0.6 + 0.8 * traffic * self._scale + noise.gauss(0, 0.25)
+                ),
                 "cover_open": 0.0,
                 "gas_lel_pct": max(0.0, 0.4 + noise.gauss(0, 0.25)),
             }

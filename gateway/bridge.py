@@ -105,7 +105,10 @@ class Gateway:
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         if self._task is not None:
             self._task.cancel()
@@ -113,7 +116,11 @@ class Gateway:
         s = self.stats()
         log.info(
             "gateway stopped: %d received, %d forwarded, %d duplicates, %d dead letters %s",
-            s.received, s.forwarded, s.duplicates, s.dead_letters, dict(s.by_reason) or "",
+            s.received,
+            s.forwarded,
+            s.duplicates,
+            s.dead_letters,
+            dict(s.by_reason) or "",
         )
 
     async def wait_subscribed(self) -> None:
@@ -152,8 +159,12 @@ class Gateway:
                     clean_session=False,
                 ) as client:
                     await client.subscribe(ALL_NODES_FILTER, qos=1)
-                    log.info("gateway subscribed to %s on %s:%d",
-                             ALL_NODES_FILTER, self.broker.host, self.broker.port)
+                    log.info(
+                        "gateway subscribed to %s on %s:%d",
+                        ALL_NODES_FILTER,
+                        self.broker.host,
+                        self.broker.port,
+                    )
                     self._subscribed.set()
                     delay = self._backoff[0]
                     async for message in client.messages:

@@ -54,14 +54,18 @@ class EmbeddedBroker:
                 {
                     "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{port}"}},
                     "plugins": {
-                        "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True},
+                        "amqtt.plugins.authentication.AnonymousAuthPlugin": {
+                            "allow_anonymous": True
+                        },
                     },
                 }
             )
             try:
                 await broker.start()
             except BrokerError as exc:
-                in_use = isinstance(exc.__cause__, OSError) and exc.__cause__.errno == errno.EADDRINUSE
+                in_use = (
+                    isinstance(exc.__cause__, OSError) and exc.__cause__.errno == errno.EADDRINUSE
+                )
                 if self._port or not in_use or attempt == self._attempts - 1:
                     raise
                 continue
@@ -71,7 +75,10 @@ class EmbeddedBroker:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         if self._broker is not None:
             await self._broker.shutdown()

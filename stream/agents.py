@@ -27,7 +27,9 @@ log = logging.getLogger(__name__)
 
 
 class ReadingSink(Protocol):
-    async def write_reading(self, reading: Reading, placement: Placement, received_ms: int) -> None: ...
+    async def write_reading(
+        self, reading: Reading, placement: Placement, received_ms: int
+    ) -> None: ...
 
     async def write_warning(self, warning: Warning, body: bytes) -> None: ...
 

@@ -65,20 +65,36 @@ class RuleEngine:
             del recent[:-EVIDENCE_READINGS]
         changed: list[Warning] = []
         for rule in self._by_kind[reading.kind]:
-            value = reading.metrics.get(rule.metric)
-            if value is None:
+            observed = reading.metrics.get(rule.metric)
+            if observed is None:
                 continue
             rule_state = state.rules.setdefault(rule.name, RuleState())
             before = rule_state.level
-            after = rule.step(rule_state, value)
+            after = rule.step(rule_state, observed)
             if after is not None:
-                changed.append(self._warning(rule, reading, placement, state, before, after, value))
+                changed.append(
+                    self._warning(
+                        rule,
+                        reading=reading,
+                        placement=placement,
+                        state=state,
+                        before=before,
+                        after=after,
+                        value=observed,
+                    )
+                )
         return changed
 
     @staticmethod
     def _warning(
-        rule: ThresholdRule, reading: Reading, placement: Placement, state: NodeState,
-        before: Level, after: Level, value: float,
+        rule: ThresholdRule,
+        *,
+        reading: Reading,
+        placement: Placement,
+        state: NodeState,
+        before: Level,
+        after: Level,
+        value: float,
     ) -> Warning:
         # A cleared warning reports the threshold of the level it left.
         threshold = rule.threshold(after if after > Level.NONE else before)
@@ -97,5 +113,7 @@ class RuleEngine:
             ts_ms=reading.ts_ms,
             seq=reading.seq,
             placement=placement,
-            evidence=tuple(Evidence(ts_ms=t, value=v) for t, v in state.recent.get(rule.metric, ())),
+            evidence=tuple(
+                Evidence(ts_ms=t, value=v) for t, v in state.recent.get(rule.metric, ())
+            ),
         )

@@ -50,7 +50,9 @@ class ThresholdRule:
 
     def __post_init__(self) -> None:
         metric_spec(self.kind, self.metric)  # KeyError for a metric the kind lacks
-        levels = tuple(sorted(((lv, float(t)) for lv, t in self.thresholds.items()), key=lambda p: p[0]))
+        levels = tuple(
+            sorted(((lv, float(t)) for lv, t in self.thresholds.items()), key=lambda p: p[0])
+        )
         if not levels or any(lv not in WARNING_LEVELS for lv, _ in levels):
             raise ValueError(f"{self.name}: thresholds need levels among blue..red")
         values = [t for _, t in levels]
@@ -75,8 +77,7 @@ class ThresholdRule:
         """Feed one reading; return the new level if it changed, else None."""
         up = self.level_of(value)
         if up > state.level:
-            if state.streak < 0:
-                state.streak = 0
+            state.streak = max(state.streak, 0)
             state.streak_level = up if state.streak == 0 else min(state.streak_level, up)
             state.streak += 1
             if state.streak >= self.raise_after:
@@ -84,8 +85,7 @@ class ThresholdRule:
             return None
         hold = self.level_of(value, band=self.band)
         if hold < state.level:
-            if state.streak > 0:
-                state.streak = 0
+            state.streak = min(state.streak, 0)
             state.streak_level = hold if state.streak == 0 else max(state.streak_level, hold)
             state.streak -= 1
             if -state.streak >= self.clear_after:
@@ -102,7 +102,9 @@ class ThresholdRule:
         return level
 
 
-def _rule(name: str, kind: Kind, metric: str, levels: tuple[float | None, ...], band: float) -> ThresholdRule:
+def _rule(
+    name: str, kind: Kind, metric: str, levels: tuple[float | None, ...], band: float
+) -> ThresholdRule:
     thresholds = {lv: t for lv, t in zip(WARNING_LEVELS, levels, strict=True) if t is not None}
     return ThresholdRule(name, kind, metric, thresholds, band=band)
 

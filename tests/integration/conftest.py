@@ -63,7 +63,9 @@ def mosquitto(tmp_path: Path) -> Iterator[str]:
         "max_queued_messages 100000\n"
         f"log_dest file {tmp_path / 'mosquitto.log'}\n"
     )
-    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(  # noqa: S603 - our own binary path and config
+        [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     try:
         _wait_for_port(port, proc)
         yield f"mqtt://127.0.0.1:{port}"

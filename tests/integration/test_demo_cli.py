@@ -41,16 +41,30 @@ async def test_demo_command_delivers_alerts_to_a_webhook_and_exits_zero(tmp_path
     runner, url = await start_receiver(received)
     try:
         proc = await asyncio.create_subprocess_exec(
-            *CLI, "--duration", "0", "--nodes", "40", "--districts", "3", "--seed", "5",
-            "--webhook", url, "--data-dir", str(tmp_path / "d"),
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            *CLI,
+            "--duration",
+            "0",
+            "--nodes",
+            "40",
+            "--districts",
+            "3",
+            "--seed",
+            "5",
+            "--webhook",
+            url,
+            "--data-dir",
+            str(tmp_path / "d"),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
         )
         out, _ = await asyncio.wait_for(proc.communicate(), 180)
     finally:
         await runner.cleanup()
     text = out.decode()
     assert proc.returncode == 0, text
-    assert "0 lost" in text and "MISSED" not in text and "unexpected" not in text
+    assert "0 lost" in text
+    assert "MISSED" not in text
+    assert "unexpected" not in text
     assert received, text
     notifications = [decode_notification(body) for _, body in received]
     keys = [headers["Idempotency-Key"] for headers, _ in received]
@@ -65,13 +79,22 @@ async def test_sigterm_drains_and_summarises(tmp_path):
     """SIGTERM mid-day stops publishing, drains what is in flight, prints the summary
     (marked interrupted) and still exits 0 because nothing published was lost."""
     proc = await asyncio.create_subprocess_exec(
-        *CLI, "--duration", "120", "--nodes", "40", "--districts", "3",
-        "--data-dir", str(tmp_path / "d"),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        *CLI,
+        "--duration",
+        "120",
+        "--nodes",
+        "40",
+        "--districts",
+        "3",
+        "--data-dir",
+        str(tmp_path / "d"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
         env={**os.environ, "COLUMNS": "200"},
     )
     assert proc.stdout is not None
     lines: list[str] = []
+
     async def read_until(marker: str) -> None:
         while True:
             line = (await proc.stdout.readline()).decode()
@@ -80,6 +103,7 @@ async def test_sigterm_drains_and_summarises(tmp_path):
             lines.append(line)
             if marker in line:
                 return
+
     await asyncio.wait_for(read_until("scenario: 09:40"), 60)
     proc.send_signal(signal.SIGTERM)
     rest, _ = await asyncio.wait_for(proc.communicate(), 60)

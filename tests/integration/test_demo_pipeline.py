@@ -10,6 +10,7 @@ import sqlite3
 import aiomqtt
 import pytest
 
+from alerts.model import Notification
 from cityvitals.citygen import generate_city
 from cityvitals.contract import Reason
 from cityvitals.demo import DemoOptions, run_demo
@@ -28,9 +29,15 @@ TICKS = int(DAY_S // 600)
 
 
 def options(tmp_path, **kw) -> DemoOptions:
-    base = {"data_dir": tmp_path / "data", "duration_s": 0.0, "nodes": NODES,
-            "districts": DISTRICTS, "seed": SEED, "day_start_ms": DAY_START_MS,
-            "drain_timeout_s": 60.0}
+    base = {
+        "data_dir": tmp_path / "data",
+        "duration_s": 0.0,
+        "nodes": NODES,
+        "districts": DISTRICTS,
+        "seed": SEED,
+        "day_start_ms": DAY_START_MS,
+        "drain_timeout_s": 60.0,
+    }
     base.update(kw)
     return DemoOptions(**base)
 
@@ -40,12 +47,27 @@ def stored_keys(data_dir) -> set[tuple[str, int]]:
         return set(db.execute("SELECT node, seq FROM readings"))
 
 
-async def test_shortened_day_alerts_every_incident_and_loses_nothing(tmp_path):
-    """Every scripted incident ends with the expected (node, rule) at the expected level,
-    no other node warns, and the store holds exactly every (node, seq) the city produced."""
-    result = await run_demo(options(tmp_path))
+class Recorder:
+    """A receiver that keeps every notification it is given."""
 
-    assert result.settled and result.ok
+    name = "recorder"
+
+    def __init__(self) -> None:
+        self.notifications: list[Notification] = []
+
+    async def send(self, n: Notification) -> None:
+        self.notifications.append(n)
+
+
+async def test_shortened_day_alerts_every_incident_and_loses_nothing(tmp_path):
+    """Every scripted incident produces an alert for the expected node and rule that reaches
+    the expected level, no other node alerts at all, and the store holds exactly every
+    (node, seq) the city produced."""
+    recorder = Recorder()
+    result = await run_demo(options(tmp_path), notifiers=[recorder])
+
+    assert result.settled
+    assert result.ok
     for check in result.incidents:
         assert check.ok, check
     assert result.unexpected == ()
@@ -54,8 +76,17 @@ async def test_shortened_day_alerts_every_incident_and_loses_nothing(tmp_path):
     assert stored_keys(tmp_path / "data") == {(d.node, s) for d in city for s in range(TICKS)}
     assert result.published == NODES * TICKS
     assert result.dead_letters == 0
-    # One notification per level change, every one delivered to the console receiver.
-    assert result.notifications > len(result.incidents)
+    # The alerts themselves: peak level per (node, rule) over all notifications.
+    peak: dict[tuple[str, str], Level] = {}
+    for n in recorder.notifications:
+        key = (n.alert.node, n.alert.rule)
+        peak[key] = max(peak.get(key, Level.NONE), n.alert.peak_level)
+    assert peak == {(c.node, c.rule): c.expected for c in result.incidents}
+    # Every alert opened was also resolved by the end of the day.
+    opened = {n.alert.fingerprint for n in recorder.notifications if n.event == "firing"}
+    resolved = {n.alert.fingerprint for n in recorder.notifications if n.event == "resolved"}
+    assert opened == resolved
+    assert result.delivered == result.notifications == len(recorder.notifications)
 
 
 def garbage(city) -> list[tuple[str, bytes, Reason]]:
@@ -64,8 +95,14 @@ def garbage(city) -> list[tuple[str, bytes, Reason]]:
     topic = f"city/water_level/{water}/telemetry"
 
     def body(**kw) -> bytes:
-        b = {"v": 1, "node": water, "kind": "water_level", "seq": 10**9, "ts_ms": DAY_START_MS,
-             "metrics": {"depth_cm": 1.0}}
+        b = {
+            "v": 1,
+            "node": water,
+            "kind": "water_level",
+            "seq": 10**9,
+            "ts_ms": DAY_START_MS,
+            "metrics": {"depth_cm": 1.0},
+        }
         b.update(kw)
         return json.dumps(b).encode()
 
@@ -95,8 +132,9 @@ async def test_bad_input_into_the_running_pipeline_is_dead_lettered(tmp_path):
     water = city.by_kind(Kind.WATER_LEVEL)[0].node
 
     async def inject(pipeline: EmbeddedPipeline) -> None:
-        async with aiomqtt.Client(pipeline.broker.host, pipeline.broker.port,
-                                  identifier="test-vandal") as client:
+        async with aiomqtt.Client(
+            pipeline.broker.host, pipeline.broker.port, identifier="test-vandal"
+        ) as client:
             for topic, payload, _ in bad:
                 await client.publish(topic, payload, qos=1)
             for payload in noise:
@@ -104,7 +142,8 @@ async def test_bad_input_into_the_running_pipeline_is_dead_lettered(tmp_path):
 
     result = await run_demo(options(tmp_path), on_ready=inject)
 
-    assert result.ok and result.unexpected == ()
+    assert result.ok
+    assert result.unexpected == ()
     assert all(check.ok for check in result.incidents)
     with sqlite3.connect(tmp_path / "data" / "cityvitals.sqlite3") as db:
         letters = db.execute(
@@ -118,7 +157,10 @@ async def test_bad_input_into_the_running_pipeline_is_dead_lettered(tmp_path):
         assert size == len(payload)
         assert bytes(d_payload) == payload[: len(d_payload)]
         assert detail
-    assert {r for (_, r, *_) in letters[len(bad):]} <= {Reason.MALFORMED.value, Reason.SCHEMA.value}
+    assert {r for (_, r, *_) in letters[len(bad) :]} <= {
+        Reason.MALFORMED.value,
+        Reason.SCHEMA.value,
+    }
     assert stored_keys(tmp_path / "data") >= {(d.node, s) for d in city for s in range(TICKS)}
     assert result.warnings_raised[Level.RED] >= 1
 

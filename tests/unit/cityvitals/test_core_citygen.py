@@ -82,8 +82,14 @@ def test_node_ids_are_unique_prefixed_and_valid_per_contract():
         assert all(d.node.startswith(f"{PREFIX[kind]}-") for d in city.by_kind(kind))
     for d in city:
         metric = next(iter(KIND_METRICS[d.kind].values()))
-        msg = ReadingMsg(v=1, node=d.node, kind=d.kind, seq=0, ts_ms=1_764_028_800_000,
-                         metrics={metric.name: metric.low})
+        msg = ReadingMsg(
+            v=1,
+            node=d.node,
+            kind=d.kind,
+            seq=0,
+            ts_ms=1_764_028_800_000,
+            metrics={metric.name: metric.low},
+        )
         assert decode_reading(encode(msg)).node == d.node
 
 

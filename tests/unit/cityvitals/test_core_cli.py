@@ -36,8 +36,17 @@ def test_demo_help_mentions_the_key_options(runner):
     """`cityvitals demo --help` exits 0 without running and documents its main options."""
     result = runner.invoke(main, ["demo", "--help"])
     assert result.exit_code == 0, result.output
-    for option in ("--duration", "--nodes", "--districts", "--seed", "--registry", "--mqtt",
-                   "--webhook", "--data-dir", "--quiet-day"):
+    for option in (
+        "--duration",
+        "--nodes",
+        "--districts",
+        "--seed",
+        "--registry",
+        "--mqtt",
+        "--webhook",
+        "--data-dir",
+        "--quiet-day",
+    ):
         assert option in result.output
 
 
@@ -52,8 +61,9 @@ def test_city_help_lists_generate_and_check(runner):
 def test_generate_then_check(runner, tmp_path):
     """`city generate` writes the asked-for city and `city check` accepts it, reporting counts."""
     out = tmp_path / "reg.csv"
-    gen = runner.invoke(main, ["city", "generate", "--nodes", "40", "--districts", "3",
-                               "--out", str(out)])
+    gen = runner.invoke(
+        main, ["city", "generate", "--nodes", "40", "--districts", "3", "--out", str(out)]
+    )
     assert gen.exit_code == 0, gen.output
     assert gen.output.strip() == f"wrote 40 nodes in 3 districts to {out}"
     registry = Registry.load(out)
@@ -70,8 +80,21 @@ def test_generate_is_deterministic_per_seed(runner, tmp_path):
     """Two runs with the same --seed write byte-identical files; another seed differs."""
     paths = [tmp_path / f"{i}.csv" for i in range(3)]
     for path, seed in zip(paths, ("3", "3", "4"), strict=True):
-        result = runner.invoke(main, ["city", "generate", "--nodes", "30", "--districts", "2",
-                                      "--seed", seed, "--out", str(path)])
+        result = runner.invoke(
+            main,
+            [
+                "city",
+                "generate",
+                "--nodes",
+                "30",
+                "--districts",
+                "2",
+                "--seed",
+                seed,
+                "--out",
+                str(path),
+            ],
+        )
         assert result.exit_code == 0, result.output
     assert paths[0].read_bytes() == paths[1].read_bytes() != paths[2].read_bytes()
 

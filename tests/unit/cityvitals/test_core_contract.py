@@ -39,18 +39,29 @@ from cityvitals.levels import Level
 
 TS = 1_764_028_800_000
 PLACE = Placement(
-    district="Harbour", street="Dockside Street", grid="HB-101",
-    unit="Harbour Drainage Office", lat=31.2304, lon=121.4737,
+    district="Harbour",
+    street="Dockside Street",
+    grid="HB-101",
+    unit="Harbour Drainage Office",
+    lat=31.2304,
+    lon=121.4737,
 )
 FUZZ = settings(
-    derandomize=True, database=None, max_examples=300, deadline=None,
+    derandomize=True,
+    database=None,
+    max_examples=300,
+    deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
 
 
 def reading_doc(**overrides: object) -> dict[str, object]:
     doc: dict[str, object] = {
-        "v": 1, "node": "wl-0001", "kind": "water_level", "seq": 7, "ts_ms": TS,
+        "v": 1,
+        "node": "wl-0001",
+        "kind": "water_level",
+        "seq": 7,
+        "ts_ms": TS,
         "metrics": {"depth_cm": 12.5},
     }
     doc.update(overrides)
@@ -72,11 +83,19 @@ def refusal(data: bytes) -> ContractError:
 
 def test_reading_round_trips_with_and_without_optional_fields():
     """A Reading survives encode → decode_reading unchanged, defaults omitted on the wire."""
-    bare = Reading(v=1, node="wl-0001", kind=Kind.WATER_LEVEL, seq=0, ts_ms=TS,
-                   metrics={"depth_cm": 0.0})
-    full = Reading(v=1, node="mh_7", kind=Kind.MANHOLE, seq=2**63 - 1, ts_ms=MAX_TS_MS,
-                   metrics={"cover_tilt_deg": 12.0, "cover_open": 1.0, "gas_lel_pct": 3.5},
-                   battery_pct=88.5, rssi_dbm=-97.0)
+    bare = Reading(
+        v=1, node="wl-0001", kind=Kind.WATER_LEVEL, seq=0, ts_ms=TS, metrics={"depth_cm": 0.0}
+    )
+    full = Reading(
+        v=1,
+        node="mh_7",
+        kind=Kind.MANHOLE,
+        seq=2**63 - 1,
+        ts_ms=MAX_TS_MS,
+        metrics={"cover_tilt_deg": 12.0, "cover_open": 1.0, "gas_lel_pct": 3.5},
+        battery_pct=88.5,
+        rssi_dbm=-97.0,
+    )
     for reading in (bare, full):
         assert decode_reading(encode(reading)) == reading
     assert b"battery_pct" not in encode(bare)
@@ -85,34 +104,62 @@ def test_reading_round_trips_with_and_without_optional_fields():
 
 def test_node_status_round_trips():
     """A NodeStatus (birth, will or heartbeat) survives encode → decode_status unchanged."""
-    online = NodeStatus(v=1, node="sm-0003", kind=Kind.SMOKE, state="online", ts_ms=TS,
-                        agent="edge/0.1.0", uptime_s=12.5, battery_pct=99.0, rssi_dbm=-60.0,
-                        buffer_depth=3)
-    offline = NodeStatus(v=1, node="sm-0003", kind=Kind.SMOKE, state="offline", ts_ms=TS,
-                         reason="last will")
+    online = NodeStatus(
+        v=1,
+        node="sm-0003",
+        kind=Kind.SMOKE,
+        state="online",
+        ts_ms=TS,
+        agent="edge/0.1.0",
+        uptime_s=12.5,
+        battery_pct=99.0,
+        rssi_dbm=-60.0,
+        buffer_depth=3,
+    )
+    offline = NodeStatus(
+        v=1, node="sm-0003", kind=Kind.SMOKE, state="offline", ts_ms=TS, reason="last will"
+    )
     for status in (online, offline):
         assert decode_status(encode(status)) == status
 
 
 def test_edge_event_round_trips_and_level_defaults_to_none():
     """An EdgeEvent survives encode → decode_event; an omitted level decodes as Level.NONE."""
-    event = EdgeEvent(v=1, node="mh-0001", kind=Kind.MANHOLE, ts_ms=TS, event="cover_open",
-                      level=Level.RED, count=2, detail="lifted")
+    event = EdgeEvent(
+        v=1,
+        node="mh-0001",
+        kind=Kind.MANHOLE,
+        ts_ms=TS,
+        event="cover_open",
+        level=Level.RED,
+        count=2,
+        detail="lifted",
+    )
     assert decode_event(encode(event)) == event
-    minimal = decode_event(b'{"v":1,"node":"mh-0001","kind":"manhole","ts_ms":%d,'
-                           b'"event":"alarm"}' % TS)
+    minimal = decode_event(
+        b'{"v":1,"node":"mh-0001","kind":"manhole","ts_ms":%d,"event":"alarm"}' % TS
+    )
     assert minimal.level is Level.NONE
     assert minimal.count is None
 
 
 def test_enriched_reading_round_trips_and_keeps_the_exact_inner_bytes():
     """decode_enriched gives the envelope and the inner reading; the inner bytes are untouched."""
-    reading = Reading(v=1, node="cr-0002", kind=Kind.CROWD, seq=5, ts_ms=TS,
-                      metrics={"count": 1200.0, "density_m2": 2.5})
-    inner = b'{"v":1, "node":"cr-0002","kind":"crowd","seq":5,"ts_ms":%d,' \
-            b'"metrics":{"count":1200.0,"density_m2":2.5}}' % TS
-    envelope = EnrichedReading(v=1, reading=msgspec.Raw(inner), placement=PLACE,
-                               received_ms=TS + 40)
+    reading = Reading(
+        v=1,
+        node="cr-0002",
+        kind=Kind.CROWD,
+        seq=5,
+        ts_ms=TS,
+        metrics={"count": 1200.0, "density_m2": 2.5},
+    )
+    inner = (
+        b'{"v":1, "node":"cr-0002","kind":"crowd","seq":5,"ts_ms":%d,'
+        b'"metrics":{"count":1200.0,"density_m2":2.5}}' % TS
+    )
+    envelope = EnrichedReading(
+        v=1, reading=msgspec.Raw(inner), placement=PLACE, received_ms=TS + 40
+    )
     decoded, decoded_reading = decode_enriched(encode(envelope))
     assert bytes(decoded.reading) == inner  # the odd space survives: no re-encoding
     assert decoded.placement == PLACE
@@ -123,11 +170,21 @@ def test_enriched_reading_round_trips_and_keeps_the_exact_inner_bytes():
 def test_warning_round_trips_with_evidence():
     """A Warning (with evidence and a predicted crossing) survives encode → decode_warning."""
     warning = Warning(
-        v=1, fingerprint=fingerprint(rule="water.depth", node="wl-0001"), rule="water.depth",
-        node="wl-0001", kind=Kind.WATER_LEVEL, metric="depth_cm", level=Level.ORANGE,
-        previous=Level.YELLOW, value=31.5, threshold=30.0, unit="cm", ts_ms=TS, seq=9,
-        placement=PLACE, evidence=(Evidence(ts_ms=TS - 600_000, value=20.0),
-                                   Evidence(ts_ms=TS, value=31.5)),
+        v=1,
+        fingerprint=fingerprint(rule="water.depth", node="wl-0001"),
+        rule="water.depth",
+        node="wl-0001",
+        kind=Kind.WATER_LEVEL,
+        metric="depth_cm",
+        level=Level.ORANGE,
+        previous=Level.YELLOW,
+        value=31.5,
+        threshold=30.0,
+        unit="cm",
+        ts_ms=TS,
+        seq=9,
+        placement=PLACE,
+        evidence=(Evidence(ts_ms=TS - 600_000, value=20.0), Evidence(ts_ms=TS, value=31.5)),
         predicted_crossing_ms=TS + 900_000,
     )
     decoded = decode_warning(encode(warning))
@@ -139,9 +196,19 @@ def test_warning_round_trips_with_evidence():
 def test_warning_cleared_is_true_only_at_level_none():
     """Warning.cleared is the level falling back to NONE, and nothing else."""
     base = {
-        "v": 1, "fingerprint": "f", "rule": "r", "node": "wl-1", "kind": Kind.WATER_LEVEL,
-        "metric": "depth_cm", "previous": Level.BLUE, "value": 1.0, "threshold": None,
-        "unit": "cm", "ts_ms": TS, "seq": 1, "placement": PLACE,
+        "v": 1,
+        "fingerprint": "f",
+        "rule": "r",
+        "node": "wl-1",
+        "kind": Kind.WATER_LEVEL,
+        "metric": "depth_cm",
+        "previous": Level.BLUE,
+        "value": 1.0,
+        "threshold": None,
+        "unit": "cm",
+        "ts_ms": TS,
+        "seq": 1,
+        "placement": PLACE,
     }
     assert Warning(level=Level.NONE, **base).cleared
     assert not Warning(level=Level.BLUE, **base).cleared
@@ -149,9 +216,16 @@ def test_warning_cleared_is_true_only_at_level_none():
 
 def test_dead_letter_and_placement_round_trip():
     """DeadLetter (binary payload included) and Placement survive a JSON round trip."""
-    letter = DeadLetter(v=1, received_ms=TS, source="mqtt", topic="city/x/y/telemetry",
-                        reason=Reason.MALFORMED, detail="truncated", payload=b"\x00\xff{",
-                        payload_size=3)
+    letter = DeadLetter(
+        v=1,
+        received_ms=TS,
+        source="mqtt",
+        topic="city/x/y/telemetry",
+        reason=Reason.MALFORMED,
+        detail="truncated",
+        payload=b"\x00\xff{",
+        payload_size=3,
+    )
     assert msgspec.json.decode(encode(letter), type=DeadLetter) == letter
     assert msgspec.json.decode(encode(PLACE), type=Placement) == PLACE
 
@@ -187,8 +261,10 @@ def test_oversized_payload_is_refused_before_parsing():
     assert decode_reading(good, limit=len(good)).seq == 7  # the limit is inclusive
 
 
-@pytest.mark.parametrize("data", [b"", b"{", b"not json", b"\xff\xfe", b'{"v":1,}',
-                                  raw(reading_doc())[:-1], b'{"v":NaN}'])
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"{", b"not json", b"\xff\xfe", b'{"v":1,}', raw(reading_doc())[:-1], b'{"v":NaN}'],
+)
 def test_malformed_json_is_refused(data):
     """Bytes that are not JSON (empty, truncated, binary, NaN literal) give malformed_json."""
     assert refusal(data).reason == Reason.MALFORMED
@@ -268,8 +344,12 @@ def test_range_bounds_are_inclusive():
     for kind, specs in KIND_METRICS.items():
         for spec in specs.values():
             for value in (spec.low, spec.high):
-                doc = reading_doc(kind=kind.value, metrics={spec.name: value},
-                                  battery_pct=BATTERY.low, rssi_dbm=RSSI.high)
+                doc = reading_doc(
+                    kind=kind.value,
+                    metrics={spec.name: value},
+                    battery_pct=BATTERY.low,
+                    rssi_dbm=RSSI.high,
+                )
                 assert decode_reading(raw(doc)).metrics[spec.name] == value
     edge = reading_doc(battery_pct=BATTERY.high, rssi_dbm=RSSI.low)
     assert decode_reading(raw(edge)).rssi_dbm == RSSI.low
@@ -287,8 +367,9 @@ def test_overflowing_number_never_decodes_to_infinity():
 @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
 def test_validate_reading_refuses_nan_and_inf(value):
     """validate_reading treats NaN and ±inf (metric, battery or RSSI) as out_of_range."""
-    ok = Reading(v=1, node="wl-1", kind=Kind.WATER_LEVEL, seq=1, ts_ms=TS,
-                 metrics={"depth_cm": 1.0})
+    ok = Reading(
+        v=1, node="wl-1", kind=Kind.WATER_LEVEL, seq=1, ts_ms=TS, metrics={"depth_cm": 1.0}
+    )
     assert validate_reading(ok) is ok
     for bad in (
         msgspec.structs.replace(ok, metrics={"depth_cm": value}),
@@ -306,8 +387,9 @@ def test_valid_node_ids_are_accepted(node):
     assert decode_reading(raw(reading_doc(node=node))).node == node
 
 
-@pytest.mark.parametrize("node", ["", "-wl", "_wl", "WL-1", "wl 1", "wl/1", "wl.1", "wl+1",
-                                  "z" * 65, "wl-é", "wl-1\nx"])
+@pytest.mark.parametrize(
+    "node", ["", "-wl", "_wl", "WL-1", "wl 1", "wl/1", "wl.1", "wl+1", "z" * 65, "wl-é", "wl-1\nx"]
+)
 def test_invalid_node_ids_are_refused_as_schema(node):
     """Node ids breaking the pattern (case, punctuation, length, topic chars) give schema."""
     exc = refusal(raw(reading_doc(node=node)))
@@ -320,8 +402,13 @@ def test_node_id_with_trailing_newline_is_refused(decode):
     """A node id with a trailing newline is not a valid node id and must be refused."""
     doc = reading_doc(node="wl-0001\n")
     if decode is not decode_reading:
-        doc = {"v": 1, "node": "wl-0001\n", "kind": "water_level", "ts_ms": TS,
-               **({"state": "online"} if decode is decode_status else {"event": "alarm"})}
+        doc = {
+            "v": 1,
+            "node": "wl-0001\n",
+            "kind": "water_level",
+            "ts_ms": TS,
+            **({"state": "online"} if decode is decode_status else {"event": "alarm"}),
+        }
     with pytest.raises(ContractError):
         decode(raw(doc))
 
@@ -337,8 +424,12 @@ def test_status_and_event_decoders_are_strict_too():
     """decode_status and decode_event refuse unknown states, bad event names and extra fields."""
     status = {"v": 1, "node": "sm-1", "kind": "smoke", "state": "online", "ts_ms": TS}
     assert decode_status(raw(status)).state == "online"
-    for bad, reason in (({"state": "sleeping"}, Reason.SCHEMA), ({"x": 1}, Reason.SCHEMA),
-                        ({"v": 3}, Reason.VERSION), ({"kind": "lamp"}, Reason.UNKNOWN_KIND)):
+    for bad, reason in (
+        ({"state": "sleeping"}, Reason.SCHEMA),
+        ({"x": 1}, Reason.SCHEMA),
+        ({"v": 3}, Reason.VERSION),
+        ({"kind": "lamp"}, Reason.UNKNOWN_KIND),
+    ):
         with pytest.raises(ContractError) as info:
             decode_status(raw({**status, **bad}))
         assert info.value.reason == reason
@@ -380,10 +471,18 @@ def test_fingerprint_differs_for_different_labels():
 
 
 @FUZZ
-@given(st.dictionaries(st.from_regex(r"[a-z]{1,8}", fullmatch=True),
-                       st.from_regex(r"[a-z0-9_.-]{0,12}", fullmatch=True), max_size=4),
-       st.dictionaries(st.from_regex(r"[a-z]{1,8}", fullmatch=True),
-                       st.from_regex(r"[a-z0-9_.-]{0,12}", fullmatch=True), max_size=4))
+@given(
+    st.dictionaries(
+        st.from_regex(r"[a-z]{1,8}", fullmatch=True),
+        st.from_regex(r"[a-z0-9_.-]{0,12}", fullmatch=True),
+        max_size=4,
+    ),
+    st.dictionaries(
+        st.from_regex(r"[a-z]{1,8}", fullmatch=True),
+        st.from_regex(r"[a-z0-9_.-]{0,12}", fullmatch=True),
+        max_size=4,
+    ),
+)
 def test_fingerprint_equal_exactly_when_labels_equal(a, b):
     """For ordinary label keys and values, fingerprints match if and only if the label sets do."""
     assert (fingerprint(**a) == fingerprint(**b)) == (a == b)
@@ -401,20 +500,24 @@ MESSAGE_TYPES = (Reading, NodeStatus, EdgeEvent)
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=5)
-    | st.dictionaries(st.text(max_size=10), children, max_size=5),
+    lambda children: (
+        st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=10), children, max_size=5)
+    ),
     max_leaves=20,
 )
 FIELD_NAMES = sorted(
-    set(Reading.__struct_fields__) | set(NodeStatus.__struct_fields__)
+    set(Reading.__struct_fields__)
+    | set(NodeStatus.__struct_fields__)
     | set(EdgeEvent.__struct_fields__)
 )
 # Objects keyed by real field names get past the first schema check and reach
 # the deeper paths (types, patterns, ranges), which pure noise rarely does.
 plausible = st.dictionaries(
     st.sampled_from(FIELD_NAMES),
-    json_values | st.sampled_from([1, "wl-0001", "water_level", "online", "alarm", TS,
-                                   {"depth_cm": 5.0}, {"count": 1e300}]),
+    json_values
+    | st.sampled_from(
+        [1, "wl-0001", "water_level", "online", "alarm", TS, {"depth_cm": 5.0}, {"count": 1e300}]
+    ),
     max_size=len(FIELD_NAMES),
 )
 
@@ -456,17 +559,20 @@ def valid_readings(draw: st.DrawFn) -> Reading:
     kind = draw(st.sampled_from(list(Kind)))
     specs = KIND_METRICS[kind]
     names = draw(st.lists(st.sampled_from(sorted(specs)), min_size=1, unique=True))
-    metrics = {
-        n: draw(st.floats(specs[n].low, specs[n].high, allow_nan=False)) for n in names
-    }
+    metrics = {n: draw(st.floats(specs[n].low, specs[n].high, allow_nan=False)) for n in names}
 
     def optional(spec):
         return st.none() | st.floats(spec.low, spec.high, allow_nan=False)
 
     return Reading(
-        v=1, node=draw(node_ids), kind=kind, seq=draw(st.integers(0, 2**63 - 1)),
-        ts_ms=draw(st.integers(MIN_TS_MS, MAX_TS_MS)), metrics=metrics,
-        battery_pct=draw(optional(BATTERY)), rssi_dbm=draw(optional(RSSI)),
+        v=1,
+        node=draw(node_ids),
+        kind=kind,
+        seq=draw(st.integers(0, 2**63 - 1)),
+        ts_ms=draw(st.integers(MIN_TS_MS, MAX_TS_MS)),
+        metrics=metrics,
+        battery_pct=draw(optional(BATTERY)),
+        rssi_dbm=draw(optional(RSSI)),
     )
 
 

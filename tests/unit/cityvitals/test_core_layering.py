@@ -12,9 +12,17 @@ import pytest
 REPO = Path(__file__).resolve().parents[3]
 HEAVY = ("faust", "aiomqtt", "amqtt", "aiokafka", "numpy", "scipy", "aiohttp")
 CORE = (
-    "cityvitals", "cityvitals.contract", "cityvitals.registry", "cityvitals.citygen",
-    "cityvitals.store", "cityvitals.cli", "cityvitals.topics", "cityvitals.levels",
-    "cityvitals.kinds", "cityvitals.clock", "cityvitals.errors",
+    "cityvitals",
+    "cityvitals.contract",
+    "cityvitals.registry",
+    "cityvitals.citygen",
+    "cityvitals.store",
+    "cityvitals.cli",
+    "cityvitals.topics",
+    "cityvitals.levels",
+    "cityvitals.kinds",
+    "cityvitals.clock",
+    "cityvitals.errors",
 )
 
 PROBE = """
@@ -30,7 +38,11 @@ def imported_heavy(modules: tuple[str, ...], heavy: tuple[str, ...]) -> list[str
     """Import `modules` in a fresh interpreter; return which `heavy` packages got loaded."""
     result = subprocess.run(  # noqa: S603 - our own interpreter, fixed arguments
         [sys.executable, "-c", PROBE, ",".join(modules), ",".join(heavy)],
-        capture_output=True, text=True, cwd=REPO, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)

@@ -37,8 +37,12 @@ def test_parse_builds_devices_with_placement():
     assert wl.kind is Kind.WATER_LEVEL
     assert (wl.lat, wl.lon) == (31.2304, 121.4737)
     assert registry.placement("sm-0001") == Placement(
-        district="Old Town", street="Temple Lane Street", grid="OT-102", unit="Fire Brigade",
-        lat=31.24, lon=121.48,
+        district="Old Town",
+        street="Temple Lane Street",
+        grid="OT-102",
+        unit="Fire Brigade",
+        lat=31.24,
+        lon=121.48,
     )
     assert registry.get("nope") is None
     assert [d.node for d in registry.by_kind(Kind.SMOKE)] == ["sm-0001"]
@@ -68,10 +72,15 @@ def test_config_error_attributes_and_message():
     assert str(ConfigError("f", "k", "x")) == "f: k: expected x"
 
 
-@pytest.mark.parametrize("header", ["node,kind,lat,lon,district,street,grid",
-                                    "node,kind,lon,lat,district,street,grid,unit",
-                                    "Node,kind,lat,lon,district,street,grid,unit",
-                                    ""])
+@pytest.mark.parametrize(
+    "header",
+    [
+        "node,kind,lat,lon,district,street,grid",
+        "node,kind,lon,lat,district,street,grid,unit",
+        "Node,kind,lat,lon,district,street,grid,unit",
+        "",
+    ],
+)
 def test_bad_header_names_line_1_and_the_expected_columns(header):
     """A missing, reordered or renamed header column is reported on line 1 with what we expect."""
     err = parse_error(csv_text(ROW_WL, header=header))
@@ -151,8 +160,10 @@ def test_duplicate_node_names_the_line_it_was_first_seen_on():
     assert err.key == "line 4, column node"
     assert "first on line 2" in err.expected
     assert err.found == "wl-0001"
-    assert str(err) == ("city.csv: line 4, column node: expected a node id not used before "
-                        "(first on line 2), found 'wl-0001'")
+    assert str(err) == (
+        "city.csv: line 4, column node: expected a node id not used before "
+        "(first on line 2), found 'wl-0001'"
+    )
 
 
 def test_header_only_file_is_refused_for_having_no_rows():
@@ -169,16 +180,22 @@ def test_row_with_an_extra_column_is_refused():
 
 def test_constructor_refuses_duplicate_devices():
     """Registry built from devices directly refuses a node id registered twice."""
-    device = Device(node="a", kind=Kind.SMOKE, lat=0.0, lon=0.0, district="D", street="S",
-                    grid="G", unit="U")
+    device = Device(
+        node="a", kind=Kind.SMOKE, lat=0.0, lon=0.0, district="D", street="S", grid="G", unit="U"
+    )
     with pytest.raises(ValueError, match="registered twice"):
         Registry([device, device])
 
 
 def test_dump_then_load_round_trips(tmp_path):
     """A registry written with dump() loads back with identical devices and identical CSV."""
-    original = Registry.parse(csv_text(ROW_WL, ROW_SM, "cr-9,crowd,-33.8688,151.2093,Sydney,"
-                                       '"George St, north",G-1,"PSB ""Central"""'))
+    original = Registry.parse(
+        csv_text(
+            ROW_WL,
+            ROW_SM,
+            'cr-9,crowd,-33.8688,151.2093,Sydney,"George St, north",G-1,"PSB ""Central"""',
+        )
+    )
     path = tmp_path / "registry.csv"
     original.dump(path)
     loaded = Registry.load(path)

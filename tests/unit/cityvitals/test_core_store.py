@@ -23,35 +23,73 @@ from cityvitals.levels import Level
 from cityvitals.store import EmbeddedStore, StoreStats
 
 TS = 1_764_028_800_000
-PLACE = Placement(district="Harbour", street="Dockside Street", grid="HB-101",
-                  unit="Harbour Drainage Office", lat=31.2304, lon=121.4737)
+PLACE = Placement(
+    district="Harbour",
+    street="Dockside Street",
+    grid="HB-101",
+    unit="Harbour Drainage Office",
+    lat=31.2304,
+    lon=121.4737,
+)
 
 
 def reading(node: str = "wl-0001", seq: int = 1, depth: float = 10.0) -> Reading:
-    return Reading(v=1, node=node, kind=Kind.WATER_LEVEL, seq=seq, ts_ms=TS + seq * 1000,
-                   metrics={"depth_cm": depth}, battery_pct=80.0)
+    return Reading(
+        v=1,
+        node=node,
+        kind=Kind.WATER_LEVEL,
+        seq=seq,
+        ts_ms=TS + seq * 1000,
+        metrics={"depth_cm": depth},
+        battery_pct=80.0,
+    )
 
 
 def warning(level: Level = Level.YELLOW, seq: int = 3) -> Warning:
     return Warning(
-        v=1, fingerprint=fingerprint(rule="water.depth", node="wl-0001"), rule="water.depth",
-        node="wl-0001", kind=Kind.WATER_LEVEL, metric="depth_cm", level=level,
-        previous=Level.NONE, value=25.0, threshold=20.0, unit="cm", ts_ms=TS, seq=seq,
-        placement=PLACE, evidence=(Evidence(ts_ms=TS, value=25.0),),
+        v=1,
+        fingerprint=fingerprint(rule="water.depth", node="wl-0001"),
+        rule="water.depth",
+        node="wl-0001",
+        kind=Kind.WATER_LEVEL,
+        metric="depth_cm",
+        level=level,
+        previous=Level.NONE,
+        value=25.0,
+        threshold=20.0,
+        unit="cm",
+        ts_ms=TS,
+        seq=seq,
+        placement=PLACE,
+        evidence=(Evidence(ts_ms=TS, value=25.0),),
     )
 
 
 def dead_letter(detail: str = "Input data was truncated") -> DeadLetter:
     payload = b'{"v":1,\xff'
-    return DeadLetter(v=1, received_ms=TS, source="mqtt", topic="city/smoke/sm-1/telemetry",
-                      reason=Reason.MALFORMED, detail=detail, payload=payload,
-                      payload_size=len(payload))
+    return DeadLetter(
+        v=1,
+        received_ms=TS,
+        source="mqtt",
+        topic="city/smoke/sm-1/telemetry",
+        reason=Reason.MALFORMED,
+        detail=detail,
+        payload=payload,
+        payload_size=len(payload),
+    )
 
 
 async def notify(store: EmbeddedStore, n: int, outcome: str = "delivered") -> None:
     await store.write_notification(
-        notification_id=f"n-{n}", fingerprint="abc", event="raised", level=int(Level.ORANGE),
-        node="wl-0001", receiver="console", outcome=outcome, detail="", ts_ms=TS + n,
+        notification_id=f"n-{n}",
+        fingerprint="abc",
+        event="raised",
+        level=int(Level.ORANGE),
+        node="wl-0001",
+        receiver="console",
+        outcome=outcome,
+        detail="",
+        ts_ms=TS + n,
     )
 
 
@@ -79,8 +117,7 @@ async def test_written_rows_are_readable_after_flush(tmp_path):
         await notify(store, 1)
         await notify(store, 2, outcome="failed")
         await store.flush()
-        assert store.stats() == StoreStats(readings=2, warnings=1, dead_letters=1,
-                                           notifications=2)
+        assert store.stats() == StoreStats(readings=2, warnings=1, dead_letters=1, notifications=2)
         assert store.reading_keys() == {("wl-0001", 1), ("wl-0002", 1)}
         assert store.warnings() == [w]
         assert store.dead_letters() == [letter]
@@ -99,12 +136,22 @@ async def test_reading_row_keeps_placement_metrics_and_health(tmp_path):
     try:
         row = db.execute(
             "SELECT kind, ts_ms, received_ms, district, street, grid, unit, lat, lon, fields,"
-            " battery_pct, rssi_dbm FROM readings WHERE node = ? AND seq = ?", ("wl-0001", 9)
+            " battery_pct, rssi_dbm FROM readings WHERE node = ? AND seq = ?",
+            ("wl-0001", 9),
         ).fetchone()
     finally:
         db.close()
-    assert row[:9] == ("water_level", TS + 9000, TS + 77, "Harbour", "Dockside Street", "HB-101",
-                       "Harbour Drainage Office", 31.2304, 121.4737)
+    assert row[:9] == (
+        "water_level",
+        TS + 9000,
+        TS + 77,
+        "Harbour",
+        "Dockside Street",
+        "HB-101",
+        "Harbour Drainage Office",
+        31.2304,
+        121.4737,
+    )
     assert json.loads(row[9]) == {"depth_cm": 42.5}
     assert row[10:] == (80.0, None)
 
@@ -131,8 +178,11 @@ async def test_same_node_and_seq_is_stored_once(tmp_path):
 
 async def test_warnings_are_kept_in_order_even_when_repeated(tmp_path):
     """Warnings are a log: each write is a row, read back in write order."""
-    raised, changed, cleared = warning(Level.YELLOW, 1), warning(Level.RED, 2), warning(
-        Level.NONE, 3)
+    raised, changed, cleared = (
+        warning(Level.YELLOW, 1),
+        warning(Level.RED, 2),
+        warning(Level.NONE, 3),
+    )
     async with EmbeddedStore(tmp_path / "cv.sqlite3") as store:
         for w in (raised, changed, cleared, cleared):
             await store.write_warning(w, encode(w))
@@ -165,9 +215,10 @@ async def test_data_survives_close_and_reopen(tmp_path):
 async def test_backpressure_waits_instead_of_dropping(tmp_path):
     """With a 2-slot queue and batches of 3, 500 concurrent writers all land; none is lost."""
     async with EmbeddedStore(tmp_path / "cv.sqlite3", queue_size=2, batch_size=3) as store:
-        await asyncio.gather(*(
-            store.write_reading(reading(node=f"n{i % 7}", seq=i), PLACE, TS) for i in range(500)
-        ), *(store.write_dead_letter(dead_letter(str(i))) for i in range(50)))
+        await asyncio.gather(
+            *(store.write_reading(reading(node=f"n{i % 7}", seq=i), PLACE, TS) for i in range(500)),
+            *(store.write_dead_letter(dead_letter(str(i))) for i in range(50)),
+        )
         await store.flush()
         assert store.stats() == StoreStats(500, 0, 50, 0)
         assert store.reading_keys() == {(f"n{i % 7}", i) for i in range(500)}

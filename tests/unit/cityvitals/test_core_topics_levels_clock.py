@@ -64,10 +64,20 @@ def test_parse_topic_rejects_foreign_topics(topic):
 @pytest.mark.parametrize(
     ("text", "level"),
     [
-        ("blue", Level.BLUE), ("BLUE", Level.BLUE), ("Blue", Level.BLUE), ("iv", Level.BLUE),
-        ("yellow", Level.YELLOW), ("III", Level.YELLOW), ("iii", Level.YELLOW),
-        ("orange", Level.ORANGE), ("II", Level.ORANGE), ("oRaNgE", Level.ORANGE),
-        ("red", Level.RED), ("I", Level.RED), ("i", Level.RED), ("  red\n", Level.RED),
+        ("blue", Level.BLUE),
+        ("BLUE", Level.BLUE),
+        ("Blue", Level.BLUE),
+        ("iv", Level.BLUE),
+        ("yellow", Level.YELLOW),
+        ("III", Level.YELLOW),
+        ("iii", Level.YELLOW),
+        ("orange", Level.ORANGE),
+        ("II", Level.ORANGE),
+        ("oRaNgE", Level.ORANGE),
+        ("red", Level.RED),
+        ("I", Level.RED),
+        ("i", Level.RED),
+        ("  red\n", Level.RED),
     ],
 )
 def test_level_parse_accepts_colour_names_and_roman_numerals_in_any_case(text, level):
@@ -84,8 +94,13 @@ def test_level_parse_rejects_everything_else(text):
 
 def test_levels_are_ordered_from_none_to_red():
     """NONE < BLUE < YELLOW < ORANGE < RED, and WARNING_LEVELS lists the four in that order."""
-    assert sorted(Level, reverse=True) == [Level.RED, Level.ORANGE, Level.YELLOW, Level.BLUE,
-                                           Level.NONE]
+    assert sorted(Level, reverse=True) == [
+        Level.RED,
+        Level.ORANGE,
+        Level.YELLOW,
+        Level.BLUE,
+        Level.NONE,
+    ]
     assert WARNING_LEVELS == (Level.BLUE, Level.YELLOW, Level.ORANGE, Level.RED)
     assert list(WARNING_LEVELS) == sorted(WARNING_LEVELS)
     assert max(Level.BLUE, Level.ORANGE) is Level.ORANGE
@@ -96,7 +111,10 @@ def test_levels_are_ordered_from_none_to_red():
 def test_level_labels_and_numerals():
     """Each level has its lower-case colour label and its Roman numeral (red is I)."""
     assert [(lv.label, lv.roman) for lv in WARNING_LEVELS] == [
-        ("blue", "IV"), ("yellow", "III"), ("orange", "II"), ("red", "I"),
+        ("blue", "IV"),
+        ("yellow", "III"),
+        ("orange", "II"),
+        ("red", "I"),
     ]
     for level in WARNING_LEVELS:
         assert Level.parse(level.label) is Level.parse(level.roman) is level

@@ -20,7 +20,8 @@ async def test_take_marks_in_flight_and_ack_removes():
         await buf.put(msg(s))
     taken = await buf.take(10)
     assert [m.seq for m in taken] == [0, 1, 2]
-    assert len(buf) == 3 and buf.in_flight == 3
+    assert len(buf) == 3
+    assert buf.in_flight == 3
     for m in taken:
         buf.ack(m)
     assert len(buf) == 0

@@ -28,11 +28,18 @@ def run_day(nodes: int, seed: int, scenario: Scenario | None = None):
         for tick in range(int(DAY_S // INTERVAL)):
             t = tick * INTERVAL + sim.phase_s
             battery, rssi = sim.health(t)
-            reading = validate_reading(Reading(
-                v=1, node=device.node, kind=device.kind, seq=tick,
-                ts_ms=1_764_028_800_000 + round(t * 1000), metrics=sim.metrics(t),
-                battery_pct=battery, rssi_dbm=rssi,
-            ))
+            reading = validate_reading(
+                Reading(
+                    v=1,
+                    node=device.node,
+                    kind=device.kind,
+                    seq=tick,
+                    ts_ms=1_764_028_800_000 + round(t * 1000),
+                    metrics=sim.metrics(t),
+                    battery_pct=battery,
+                    rssi_dbm=rssi,
+                )
+            )
             for w in engine.evaluate(reading, device.placement, state):
                 key = (w.node, w.rule)
                 peaks[key] = max(peaks.get(key, Level.NONE), w.level)
@@ -71,7 +78,12 @@ def test_default_scenario_spans_kinds_and_districts():
     """The demo day has the four incidents, each with expected alerts on real nodes."""
     city = generate_city(nodes=240, districts=4, seed=9)
     scenario = Scenario.default(city, seed=9)
-    assert {i.name for i in scenario.incidents} == {"rainstorm", "cover-lifted", "fire", "crowd-surge"}
+    assert {i.name for i in scenario.incidents} == {
+        "rainstorm",
+        "cover-lifted",
+        "fire",
+        "crowd-surge",
+    }
     for incident in scenario.incidents:
         assert incident.expected, incident.name
         assert all(e.node in city for e in incident.expected)

@@ -38,13 +38,24 @@ class Collected:
 
 
 def make_gateway(out: Collected) -> Gateway:
-    return Gateway(BrokerSettings(), CITY, forward=out.forward, dead_letter=out.dead_letter,
-                   clock=ManualClock(TS / 1000))
+    return Gateway(
+        BrokerSettings(),
+        CITY,
+        forward=out.forward,
+        dead_letter=out.dead_letter,
+        clock=ManualClock(TS / 1000),
+    )
 
 
 def reading(seq: int = 1, **override) -> bytes:
-    body = {"v": 1, "node": WATER.node, "kind": "water_level", "seq": seq, "ts_ms": TS,
-            "metrics": {"depth_cm": 3.5}}
+    body = {
+        "v": 1,
+        "node": WATER.node,
+        "kind": "water_level",
+        "seq": seq,
+        "ts_ms": TS,
+        "metrics": {"depth_cm": 3.5},
+    }
     body.update(override)
     return json.dumps(body).encode()
 
@@ -90,8 +101,11 @@ async def test_duplicates_are_dropped_and_counted():
         (TOPIC, b"{" + b" " * 20_000 + b"}", Reason.OVERSIZED),
         ("city/water_level/wl-9999/telemetry", reading(node="wl-9999"), Reason.UNKNOWN_NODE),
         ("city/water_level/wl-other/telemetry", reading(), Reason.TOPIC_MISMATCH),
-        (f"city/smoke/{WATER.node}/telemetry", reading(kind="smoke", metrics={"temperature_c": 20.0}),
-         Reason.KIND_MISMATCH),
+        (
+            f"city/smoke/{WATER.node}/telemetry",
+            reading(kind="smoke", metrics={"temperature_c": 20.0}),
+            Reason.KIND_MISMATCH,
+        ),
         ("city/water_level/telemetry", reading(), Reason.BAD_TOPIC),
         ("weather/rain", b"1", Reason.BAD_TOPIC),
     ],
@@ -117,7 +131,13 @@ async def test_status_and_event_messages_are_validated():
     out = Collected()
     gw = make_gateway(out)
     status = {"v": 1, "node": WATER.node, "kind": "water_level", "state": "online", "ts_ms": TS}
-    event = {"v": 1, "node": WATER.node, "kind": "water_level", "ts_ms": TS, "event": "sensor_fault"}
+    event = {
+        "v": 1,
+        "node": WATER.node,
+        "kind": "water_level",
+        "ts_ms": TS,
+        "event": "sensor_fault",
+    }
     base = f"city/water_level/{WATER.node}"
     await gw.handle(f"{base}/status", json.dumps(status).encode())
     await gw.handle(f"{base}/status", b"")
@@ -130,16 +150,31 @@ async def test_status_and_event_messages_are_validated():
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
     max_leaves=20,
 )
-topics = st.sampled_from([TOPIC, f"city/water_level/{WATER.node}/status",
-                          f"city/water_level/{WATER.node}/event", "city/x", "city/a/b/c"]) | st.text(
-    max_size=40)
-payloads = st.binary(max_size=300) | json_values.map(lambda v: json.dumps(v).encode()) | st.builds(
-    lambda seq, depth, extra: reading(seq=seq, metrics={"depth_cm": depth}, **extra),
-    st.integers(-5, 2**64), st.floats(allow_nan=False),
-    st.dictionaries(st.sampled_from(["v", "kind", "ts_ms", "node", "junk"]), json_values, max_size=2),
+topics = st.sampled_from(
+    [
+        TOPIC,
+        f"city/water_level/{WATER.node}/status",
+        f"city/water_level/{WATER.node}/event",
+        "city/x",
+        "city/a/b/c",
+    ]
+) | st.text(max_size=40)
+payloads = (
+    st.binary(max_size=300)
+    | json_values.map(lambda v: json.dumps(v).encode())
+    | st.builds(
+        lambda seq, depth, extra: reading(seq=seq, metrics={"depth_cm": depth}, **extra),
+        st.integers(-5, 2**64),
+        st.floats(allow_nan=False),
+        st.dictionaries(
+            st.sampled_from(["v", "kind", "ts_ms", "node", "junk"]), json_values, max_size=2
+        ),
+    )
 )
 
 
@@ -155,7 +190,8 @@ async def test_garbage_never_stops_the_gateway_and_every_message_is_accounted_fo
     s = gw.stats()
     assert s.received == len(messages)
     assert s.forwarded + s.duplicates + s.statuses + s.events + s.dead_letters == s.received
-    assert len(out.dead) == s.dead_letters and len(out.forwarded) == s.forwarded
+    assert len(out.dead) == s.dead_letters
+    assert len(out.forwarded) == s.forwarded
     for letter in out.dead:
         assert isinstance(letter.reason, Reason)
         msgspec.json.encode(letter)  # every dead letter is itself storable

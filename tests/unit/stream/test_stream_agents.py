@@ -12,8 +12,14 @@ from cityvitals.levels import Level
 from stream.agents import ReadingPipeline
 from stream.app import create_embedded_app
 
-WHERE = Placement(district="Harbour", street="Dockside Street", grid="HB-101",
-                  unit="Harbour Drainage Office", lat=31.2, lon=121.5)
+WHERE = Placement(
+    district="Harbour",
+    street="Dockside Street",
+    grid="HB-101",
+    unit="Harbour Drainage Office",
+    lat=31.2,
+    lon=121.5,
+)
 
 
 class Sink:
@@ -30,10 +36,17 @@ class Sink:
 
 
 def envelope(seq: int, depth: float, node: str = "wl-0001") -> bytes:
-    reading = Reading(v=1, node=node, kind=Kind.WATER_LEVEL, seq=seq,
-                      ts_ms=1_764_028_800_000 + seq * 600_000, metrics={"depth_cm": depth})
-    return encode(EnrichedReading(v=1, reading=msgspec.Raw(encode(reading)), placement=WHERE,
-                                  received_ms=0))
+    reading = Reading(
+        v=1,
+        node=node,
+        kind=Kind.WATER_LEVEL,
+        seq=seq,
+        ts_ms=1_764_028_800_000 + seq * 600_000,
+        metrics={"depth_cm": depth},
+    )
+    return encode(
+        EnrichedReading(v=1, reading=msgspec.Raw(encode(reading)), placement=WHERE, received_ms=0)
+    )
 
 
 async def test_agent_stores_every_reading_and_emits_warnings_in_order(tmp_path):
@@ -60,8 +73,12 @@ async def test_agent_stores_every_reading_and_emits_warnings_in_order(tmp_path):
     finally:
         await app.stop()
     assert sorted(sink.readings) == sorted(
-        [("wl-0001", s) for s in range(len(depths))] + [("wl-0002", s) for s in range(len(depths))])
+        [("wl-0001", s) for s in range(len(depths))] + [("wl-0002", s) for s in range(len(depths))]
+    )
     assert [(w.node, w.level) for w in emitted] == [
-        ("wl-0001", Level.RED), ("wl-0001", Level.ORANGE), ("wl-0001", Level.NONE)]
+        ("wl-0001", Level.RED),
+        ("wl-0001", Level.ORANGE),
+        ("wl-0001", Level.NONE),
+    ]
     assert sink.warnings == emitted
     assert (pipeline.processed, pipeline.errors, pipeline.warnings) == (2 * len(depths), 1, 3)

@@ -7,14 +7,26 @@ from cityvitals.kinds import Kind
 from cityvitals.levels import Level
 from stream.engine import NodeState, RuleEngine, decode_state, encode_state
 
-WHERE = Placement(district="Old Town", street="Drum Tower Street", grid="OT-201",
-                  unit="Old Town Fire Brigade", lat=31.2, lon=121.4)
+WHERE = Placement(
+    district="Old Town",
+    street="Drum Tower Street",
+    grid="OT-201",
+    unit="Old Town Fire Brigade",
+    lat=31.2,
+    lon=121.4,
+)
 T0 = 1_764_028_800_000
 
 
 def smoke(seq: int, obscuration: float, temperature: float) -> Reading:
-    return Reading(v=1, node="sm-0001", kind=Kind.SMOKE, seq=seq, ts_ms=T0 + seq * 60_000,
-                   metrics={"obscuration_pct_m": obscuration, "temperature_c": temperature})
+    return Reading(
+        v=1,
+        node="sm-0001",
+        kind=Kind.SMOKE,
+        seq=seq,
+        ts_ms=T0 + seq * 60_000,
+        metrics={"obscuration_pct_m": obscuration, "temperature_c": temperature},
+    )
 
 
 def run(readings, state=None):
@@ -32,7 +44,12 @@ def test_warning_carries_level_rule_value_threshold_placement_and_evidence():
     warnings, _ = run([smoke(0, 0.1, 20), smoke(1, 9.0, 21), smoke(2, 9.5, 22)])
     (w,) = warnings
     assert (w.rule, w.node, w.metric, w.level, w.previous) == (
-        "smoke.obscuration", "sm-0001", "obscuration_pct_m", Level.RED, Level.NONE)
+        "smoke.obscuration",
+        "sm-0001",
+        "obscuration_pct_m",
+        Level.RED,
+        Level.NONE,
+    )
     assert (w.value, w.threshold, w.unit, w.seq) == (9.5, 8.0, "%/m", 2)
     assert w.placement == WHERE
     assert [e.value for e in w.evidence] == [0.1, 9.0, 9.5]
@@ -41,8 +58,10 @@ def test_warning_carries_level_rule_value_threshold_placement_and_evidence():
 
 def test_fingerprint_is_stable_across_level_changes_and_distinct_per_rule():
     """Raise, lower and clear of one (rule, node) share a fingerprint; another rule differs."""
-    readings = [smoke(i, o, t) for i, (o, t) in enumerate(
-        [(9, 90), (9, 90), (3, 90), (3, 90), (0, 20), (0, 20)])]
+    readings = [
+        smoke(i, o, t)
+        for i, (o, t) in enumerate([(9, 90), (9, 90), (3, 90), (3, 90), (0, 20), (0, 20)])
+    ]
     warnings, _ = run(readings)
     by_rule: dict[str, set[str]] = {}
     for w in warnings:

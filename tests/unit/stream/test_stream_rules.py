@@ -11,8 +11,11 @@ from cityvitals.levels import Level
 from stream.rules import DEFAULT_RULES, RuleState, ThresholdRule
 
 DEPTH = ThresholdRule(
-    "water_level.depth", Kind.WATER_LEVEL, "depth_cm",
-    {Level.BLUE: 10, Level.YELLOW: 20, Level.ORANGE: 30, Level.RED: 50}, band=2.0,
+    "water_level.depth",
+    Kind.WATER_LEVEL,
+    "depth_cm",
+    {Level.BLUE: 10, Level.YELLOW: 20, Level.ORANGE: 30, Level.RED: 50},
+    band=2.0,
 )
 
 
@@ -54,8 +57,15 @@ def test_noise_around_a_threshold_does_not_flap(seed):
 
 def test_without_hysteresis_the_same_noise_would_flap():
     """The control: band 0 and single-reading streaks flap on that noise (proves the test bites)."""
-    twitchy = ThresholdRule("t", Kind.WATER_LEVEL, "depth_cm", {Level.YELLOW: 20}, band=0.0,
-                            raise_after=1, clear_after=1)
+    twitchy = ThresholdRule(
+        "t",
+        Kind.WATER_LEVEL,
+        "depth_cm",
+        {Level.YELLOW: 20},
+        band=0.0,
+        raise_after=1,
+        clear_after=1,
+    )
     rng = random.Random(0)
     assert len(feed(twitchy, [20 + rng.uniform(-1.5, 1.5) for _ in range(500)])) > 50
 
