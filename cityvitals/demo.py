@@ -24,6 +24,7 @@ from cityvitals.clock import SystemClock
 from cityvitals.levels import WARNING_LEVELS, Level
 from cityvitals.pipeline import EmbeddedPipeline, PipelineCounts
 from cityvitals.registry import Registry
+from cityvitals.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from edge.simulate import Scenario
@@ -170,8 +171,7 @@ async def run_demo(
                 await pipeline.flush()
                 settled = False
         finally:
-            reporter.cancel()
-            await asyncio.gather(reporter, return_exceptions=True)
+            await cancel_and_wait(reporter)
         counts = pipeline.counts()
         elapsed = time.monotonic() - began
 

@@ -30,6 +30,7 @@ from typing import Any, Self
 import msgspec
 
 from cityvitals.contract import DeadLetter, Placement, Reading, Reason, Warning
+from cityvitals.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -135,9 +136,7 @@ class EmbeddedStore:
             if self._writer is not None and not self._writer.done():
                 await self.flush()
         finally:
-            if self._writer is not None:
-                self._writer.cancel()
-                await asyncio.gather(self._writer, return_exceptions=True)
+            await cancel_and_wait(self._writer)
             if self._db is not None:
                 self._db.close()
                 self._db = None

@@ -27,6 +27,7 @@ import aiomqtt
 from cityvitals.clock import Clock, SystemClock
 from cityvitals.contract import CONTRACT_VERSION, NodeStatus, Reading, encode
 from cityvitals.kinds import Kind
+from cityvitals.tasks import cancel_and_wait
 from cityvitals.topics import status_topic, telemetry_topic
 from edge.buffer import MemoryBuffer, Outbound, OutboundBuffer
 
@@ -126,9 +127,7 @@ class EdgePublisher:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._pump is not None:
-            self._pump.cancel()
-            await asyncio.gather(self._pump, return_exceptions=True)
+        await cancel_and_wait(self._pump)
         left = len(self._buffer)
         if left:
             log.warning("agent %s stopped with %d readings not acknowledged", self.agent_id, left)

@@ -44,6 +44,7 @@ from cityvitals.contract import (
 )
 from cityvitals.errors import ContractError
 from cityvitals.registry import Registry
+from cityvitals.tasks import cancel_and_wait
 from cityvitals.topics import ALL_NODES_FILTER, Topic
 from edge.publisher import BrokerSettings
 from gateway.dedup import SeqWindow, Verdict
@@ -110,9 +111,7 @@ class Gateway:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await cancel_and_wait(self._task)
         s = self.stats()
         log.info(
             "gateway stopped: %d received, %d forwarded, %d duplicates, %d dead letters %s",

@@ -13,6 +13,7 @@ import random
 import socket
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 
 import aiohttp
 import pytest
@@ -22,35 +23,15 @@ from alerts.model import Notification, decode_notification
 from alerts.notify import WebhookNotifier
 from alerts.service import AlertService, AlertStats
 from cityvitals.clock import ManualClock
-from cityvitals.contract import Placement, Warning
-from cityvitals.kinds import Kind
 from cityvitals.levels import Level
+from tests.factories import PLACE, make_warning
 
 pytestmark = pytest.mark.integration
 
-PLACE = Placement(
-    district="Harbour", street="Dockside Street", grid="HB-101", unit="harbour-ops", lat=1, lon=2
-)
 WAIT = 10.0  # upper bound for a whole test's deliveries; they normally take milliseconds
 
 
-def warning(level: Level, *, ts_ms: int = 1_764_028_800_000) -> Warning:
-    return Warning(
-        v=1,
-        fingerprint="fp-harbour-1",
-        rule="water_level.depth",
-        node="wl-0003",
-        kind=Kind.WATER_LEVEL,
-        metric="depth_cm",
-        level=level,
-        previous=Level.NONE,
-        value=62.1,
-        threshold=50.0,
-        unit="cm",
-        ts_ms=ts_ms,
-        seq=42,
-        placement=PLACE,
-    )
+warning = partial(make_warning, fp="fp-harbour-1", seq=42, ts_ms=1_764_028_800_000)
 
 
 @dataclass

@@ -2,38 +2,17 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import msgspec
 import pytest
 
 from alerts.book import AlertBook
-from cityvitals.contract import Placement, Warning
 from cityvitals.kinds import Kind
 from cityvitals.levels import Level
+from tests.factories import PLACE, make_warning
 
-PLACE = Placement(
-    district="Harbour", street="Dockside Street", grid="HB-101", unit="harbour-ops", lat=1, lon=2
-)
-
-
-def warning(
-    level: Level, *, value: float = 60.0, ts_ms: int = 1_000, fp: str = "fp-1", seq: int = 1
-) -> Warning:
-    return Warning(
-        v=1,
-        fingerprint=fp,
-        rule="water_level.depth",
-        node="wl-0003",
-        kind=Kind.WATER_LEVEL,
-        metric="depth_cm",
-        level=level,
-        previous=Level.NONE,
-        value=value,
-        threshold=50.0,
-        unit="cm",
-        ts_ms=ts_ms,
-        seq=seq,
-        placement=PLACE,
-    )
+warning = partial(make_warning, value=60.0)
 
 
 def test_first_warning_opens_a_firing_alert() -> None:

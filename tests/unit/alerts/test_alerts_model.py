@@ -6,32 +6,11 @@ import json
 
 from alerts.book import AlertBook
 from alerts.model import decode_notification, notification_id
-from cityvitals.contract import Placement, Warning, encode
-from cityvitals.kinds import Kind
+from cityvitals.contract import encode
 from cityvitals.levels import Level
+from tests.factories import make_warning
 
-PLACE = Placement(
-    district="Harbour", street="Dockside Street", grid="HB-101", unit="harbour-ops", lat=1, lon=2
-)
-
-
-def warning(level: Level, *, ts_ms: int = 1_000, fp: str = "fp-1") -> Warning:
-    return Warning(
-        v=1,
-        fingerprint=fp,
-        rule="water_level.depth",
-        node="wl-0003",
-        kind=Kind.WATER_LEVEL,
-        metric="depth_cm",
-        level=level,
-        previous=Level.NONE,
-        value=62.1,
-        threshold=50.0,
-        unit="cm",
-        ts_ms=ts_ms,
-        seq=1,
-        placement=PLACE,
-    )
+warning = make_warning
 
 
 def test_notification_id_is_deterministic_across_books() -> None:

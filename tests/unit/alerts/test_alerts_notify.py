@@ -8,35 +8,16 @@ import pytest
 from alerts.book import AlertBook
 from alerts.model import Notification
 from alerts.notify import ConsoleNotifier, WebhookNotifier, format_line
-from cityvitals.contract import Placement, Warning
+from cityvitals.contract import Warning
 from cityvitals.errors import DeliveryError
-from cityvitals.kinds import Kind
 from cityvitals.levels import Level
-
-PLACE = Placement(
-    district="Harbour", street="Dockside Street", grid="HB-101", unit="harbour-ops", lat=1, lon=2
-)
+from tests.factories import make_warning
 
 
 def warning(
     level: Level, value: float, *, threshold: float | None = 50.0, ts_ms: int = 1
 ) -> Warning:
-    return Warning(
-        v=1,
-        fingerprint="fp-1",
-        rule="water_level.depth",
-        node="wl-0003",
-        kind=Kind.WATER_LEVEL,
-        metric="depth_cm",
-        level=level,
-        previous=Level.NONE,
-        value=value,
-        threshold=threshold,
-        unit="cm",
-        ts_ms=ts_ms,
-        seq=1,
-        placement=PLACE,
-    )
+    return make_warning(level, value=value, threshold=threshold, ts_ms=ts_ms)
 
 
 def lifecycle() -> list[Notification]:

@@ -15,34 +15,14 @@ import pytest
 from alerts.model import Notification
 from alerts.service import AlertService, AlertStats
 from cityvitals.clock import ManualClock
-from cityvitals.contract import Placement, Warning
 from cityvitals.errors import DeliveryError
-from cityvitals.kinds import Kind
 from cityvitals.levels import Level
+from tests.factories import make_warning
 
-PLACE = Placement(
-    district="Harbour", street="Dockside Street", grid="HB-101", unit="harbour-ops", lat=1, lon=2
-)
 WAIT = 5.0  # generous upper bound for anything that should be immediate
 
 
-def warning(level: Level, *, ts_ms: int = 1_000, fp: str = "fp-1") -> Warning:
-    return Warning(
-        v=1,
-        fingerprint=fp,
-        rule="water_level.depth",
-        node="wl-0003",
-        kind=Kind.WATER_LEVEL,
-        metric="depth_cm",
-        level=level,
-        previous=Level.NONE,
-        value=60.0,
-        threshold=50.0,
-        unit="cm",
-        ts_ms=ts_ms,
-        seq=1,
-        placement=PLACE,
-    )
+warning = make_warning
 
 
 class Scripted:
