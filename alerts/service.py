@@ -1,16 +1,20 @@
-"""The alert service: a bounded queue of warnings, one worker, deliveries with retry.
+"""The alert service: a bounded queue of warnings, one book worker, one delivery lane per receiver.
 
     async with AlertService([console, webhook], clock=SystemClock()) as alerts:
         await alerts.submit(warning)      # waits while the queue is full
         ...
         await alerts.drain()              # everything so far processed and delivered
 
-One worker takes warnings in order, folds each into the `AlertBook` and hands
-the notification to every notifier at once. The next warning waits until every
-receiver has succeeded or given up, so a receiver never sees "resolved" before
-the "firing" it resolves. The price is head-of-line blocking behind a slow
-receiver; the persisted outbox planned for later removes it without giving up
-the order. Nothing is dropped: a full queue makes `submit` wait.
+The book worker takes warnings in order, folds each into the `AlertBook` and
+puts the resulting notification on every receiver's own bounded queue (its
+"lane"). Each lane has its own worker that delivers its queue in order, with
+retries, so a receiver never sees "resolved" before the "firing" it resolves,
+and a slow or hung receiver delays only itself. Nothing is dropped on the way
+in: a full warning queue makes `submit` wait, and a full lane makes the book
+worker wait (so a receiver stuck for `queue_size` notifications does, in the
+end, hold up the others: backpressure instead of unbounded memory). What a
+receiver refuses is given up after `attempts` tries or `give_up_after`
+seconds, counted failed and reported.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Final, Literal, Self
@@ -39,30 +44,54 @@ OnNotification = Callable[[Notification], Awaitable[None]]
 OnDelivery = Callable[[Notification, str, Outcome, str], Awaitable[None]]
 
 _DEFAULT_DRAIN_TIMEOUT: Final = 10.0
+_DEFAULT_GIVE_UP_AFTER: Final = 60.0
 
 
 class AlertStats(msgspec.Struct, frozen=True, kw_only=True):
-    """Counters since start; `delivered` and `failed` count (notification, receiver) pairs."""
+    """Counters since start; `delivered`, `failed` and `undelivered` count (notification,
+    receiver) pairs. `undelivered` is what is still queued or in progress in the lanes,
+    or was left there when the service stopped."""
 
     warnings_received: int
     notifications: int
     delivered: int
     failed: int
+    undelivered: int = 0
+
+
+class _Lane:
+    """One receiver's queue, worker and health (for state-change logging)."""
+
+    def __init__(self, notifier: Notifier, queue_size: int) -> None:
+        self.notifier = notifier
+        self.name = notifier.name
+        self.queue: asyncio.Queue[Notification] = asyncio.Queue(maxsize=queue_size)
+        #: Notifications handed to this lane (or being handed) and not yet settled.
+        self.pending = 0
+        self.failing = False
+        #: While failing: notifications given up and attempts failed since it started failing.
+        self.failed_deliveries = 0
+        self.failed_attempts = 0
 
 
 class AlertService:
     """Turns submitted warnings into alerts and delivers their notifications.
 
-    An async context manager: entering starts the worker; leaving waits up to
-    `drain_timeout` seconds for the queue to empty, then cancels the worker.
-    Stopping on SIGTERM is the caller's job (leave the `async with`).
+    An async context manager: entering starts the workers; leaving waits up to
+    `drain_timeout` seconds for the warning queue and every lane to empty, then
+    cancels the workers and logs what was left. Stopping on SIGTERM is the
+    caller's job (leave the `async with`).
 
     Retryable failures (`DeliveryError.retryable`) are tried up to `attempts`
     times in all, waiting a random time in ``[0, min(max_delay, base_delay *
     2**(n-1))]`` before retry n ("full jitter", so receivers coming back are
-    not hit by every sender in lock step). Anything else fails at once.
-    Failures are counted, logged one line each and reported to `on_delivery`;
-    they never stop the worker.
+    not hit by every sender in lock step). Anything else fails at once. No
+    notification takes more than `give_up_after` seconds of one receiver's
+    lane (measured with `monotonic`): no retry starts past it, and an attempt
+    still unanswered when it runs out is abandoned. Failures are counted,
+    reported to `on_delivery` and never stop a worker; the log gets one
+    WARNING when a receiver starts failing and one INFO when it recovers, not
+    one line per failure.
     """
 
     def __init__(
@@ -74,8 +103,10 @@ class AlertService:
         attempts: int = 5,
         base_delay: float = 0.2,
         max_delay: float = 5.0,
+        give_up_after: float = _DEFAULT_GIVE_UP_AFTER,
         rng: random.Random | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        monotonic: Callable[[], float] = time.monotonic,
         on_notification: OnNotification | None = None,
         on_delivery: OnDelivery | None = None,
         drain_timeout: float = _DEFAULT_DRAIN_TIMEOUT,
@@ -88,20 +119,29 @@ class AlertService:
             raise ValueError("queue_size and attempts must be at least 1")
         if base_delay < 0 or max_delay < base_delay:
             raise ValueError("need 0 <= base_delay <= max_delay")
-        self._notifiers = tuple(notifiers)
+        if give_up_after <= 0:
+            raise ValueError(f"give_up_after must be positive, got {give_up_after}")
+        self._lanes = tuple(_Lane(n, queue_size) for n in notifiers)
         self._clock = clock
         self._attempts = attempts
         self._base_delay = base_delay
         self._max_delay = max_delay
+        self._give_up_after = give_up_after
         self._rng = rng if rng is not None else random.Random()
         self._sleep = sleep
+        self._monotonic = monotonic
         self._on_notification = on_notification
         self._on_delivery = on_delivery
         self._drain_timeout = drain_timeout
         self._queue: asyncio.Queue[Warning] = asyncio.Queue(maxsize=queue_size)
         self._book = AlertBook()
         self._received = self._notifications = self._delivered = self._failed = 0
-        self._worker: asyncio.Task[None] | None = None
+        #: Warnings submitted (or being submitted) and not yet folded into the book.
+        self._unapplied = 0
+        #: Set while nothing is queued or in progress anywhere; what `drain` waits for.
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._workers: tuple[asyncio.Task[None], ...] | None = None
 
     @property
     def book(self) -> AlertBook:
@@ -115,13 +155,19 @@ class AlertService:
             notifications=self._notifications,
             delivered=self._delivered,
             failed=self._failed,
+            undelivered=sum(lane.pending for lane in self._lanes),
         )
 
     async def __aenter__(self) -> Self:
-        if self._worker is not None:
+        if self._workers is not None:
             raise RuntimeError("AlertService is already running")
-        self._worker = asyncio.create_task(self._run(), name="alerts-worker")
-        log.info("alert service started with receivers %s", [n.name for n in self._notifiers])
+        book = asyncio.create_task(self._run_book(), name="alerts-book")
+        lanes = [
+            asyncio.create_task(self._run_lane(lane), name=f"alerts-lane-{lane.name}")
+            for lane in self._lanes
+        ]
+        self._workers = (book, *lanes)
+        log.info("alert service started with receivers %s", [lane.name for lane in self._lanes])
         return self
 
     async def __aexit__(
@@ -130,38 +176,66 @@ class AlertService:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        worker, self._worker = self._worker, None
-        if worker is None:
+        workers = self._workers
+        if workers is None:
             return
+        drained = False
         try:
             # Flush what we hold even when the body failed: alerts are the point.
-            await asyncio.wait_for(self._queue.join(), self._drain_timeout)
+            await asyncio.wait_for(self._idle.wait(), self._drain_timeout)
+            drained = True
         except TimeoutError:
-            log.warning(
-                "alert service stopping with %d warning(s) unprocessed after %.1f s drain",
-                self._queue.qsize(),
-                self._drain_timeout,
-            )
+            pass
         finally:
-            worker.cancel()
-            # asyncio.wait, not await: it neither re-raises the worker's
+            self._workers = None
+            for worker in workers:
+                worker.cancel()
+            # asyncio.wait, not await: it neither re-raises the workers'
             # cancellation nor swallows our own if we are being cancelled.
-            await asyncio.wait({worker})
+            await asyncio.wait(workers)
+        if not drained:
+            left = {lane.name: lane.pending for lane in self._lanes}
+            log.warning(
+                "alert service stopping after %.1f s drain with %d warning(s) unprocessed "
+                "and notifications left undelivered per receiver: %s",
+                self._drain_timeout,
+                self._unapplied,
+                left,
+            )
         log.info("alert service stopped: %s", self.stats())
 
     async def submit(self, warning: Warning) -> None:
         """Queue a warning; waits while the queue is full (backpressure, never a drop)."""
-        await self._queue.put(warning)
+        # Counted before the put so `drain` cannot see the service idle in between.
+        self._unapplied += 1
+        self._idle.clear()
+        try:
+            await self._queue.put(warning)
+        except BaseException:
+            self._unapplied -= 1
+            self._update_idle()
+            raise
         self._received += 1
 
     async def drain(self) -> None:
-        """Return once every warning submitted so far is processed and delivered or failed."""
-        if self._worker is None and self._queue.qsize():
-            # Waiting would never end; say so instead of hanging.
-            raise RuntimeError("drain() needs a running AlertService (use `async with`)")
-        await self._queue.join()
+        """Return once every warning submitted so far is processed and delivered or failed.
 
-    async def _run(self) -> None:
+        That is: the warning queue and every receiver's lane are empty and idle.
+        """
+        if self._workers is None:
+            if not self._idle.is_set():
+                # Waiting would never end; say so instead of hanging.
+                raise RuntimeError("drain() needs a running AlertService (use `async with`)")
+            return
+        await self._idle.wait()
+
+    def _update_idle(self) -> None:
+        if self._unapplied == 0 and not any(lane.pending for lane in self._lanes):
+            self._idle.set()
+        else:
+            self._idle.clear()
+
+    async def _run_book(self) -> None:
         while True:
             warning = await self._queue.get()
             try:
@@ -171,6 +245,8 @@ class AlertService:
                 log.exception("alert worker failed on warning %s", warning.fingerprint)
             finally:
                 self._queue.task_done()
+                self._unapplied -= 1
+                self._update_idle()
 
     async def _process(self, warning: Warning) -> None:
         n = self._book.apply(warning)
@@ -183,52 +259,122 @@ class AlertService:
             except Exception:
                 # Failing to record a notification must not stop it being delivered.
                 log.exception("on_notification hook failed for notification %s", n.id)
-        async with asyncio.TaskGroup() as group:
-            for notifier in self._notifiers:
-                group.create_task(self._deliver(n, notifier))
+        # Every lane counts it before any put can block, so a stop while
+        # waiting on a full lane still reports it undelivered everywhere.
+        for lane in self._lanes:
+            lane.pending += 1
+        for lane in self._lanes:
+            await lane.queue.put(n)  # waits while this receiver is a full queue behind
 
-    async def _deliver(self, n: Notification, notifier: Notifier) -> None:
-        started = self._clock.now()
+    async def _run_lane(self, lane: _Lane) -> None:
+        while True:
+            n = await lane.queue.get()
+            try:
+                await self._deliver(n, lane)
+            except Exception:
+                log.exception("delivery lane %s failed on notification %s", lane.name, n.id)
+            finally:
+                lane.queue.task_done()
+            # Not in `finally`: a notification interrupted by shutdown stays undelivered.
+            lane.pending -= 1
+            self._update_idle()
+
+    async def _deliver(self, n: Notification, lane: _Lane) -> None:
+        started_wall = self._clock.now()
+        started = self._monotonic()
+        cap = self._give_up_after
         attempt = 1
         while True:
+            # Bound the attempt itself too: a notifier that never returns must
+            # not hold its lane (and, once the lane is full, everyone) forever.
+            remaining = cap - (self._monotonic() - started)
+            deadline = asyncio.timeout(max(remaining, 0.0))
             try:
-                await notifier.send(n)
+                async with deadline:
+                    await lane.notifier.send(n)
             except DeliveryError as exc:
-                if not exc.retryable or attempt >= self._attempts:
-                    await self._report(
-                        n, notifier.name, "failed", exc.detail, attempts=attempt, started=started
-                    )
-                    return
-                delay = self._backoff(attempt)
-                log.debug(
-                    "retrying %s to %s in %.3f s after attempt %d: %s",
-                    n.id,
-                    notifier.name,
-                    delay,
-                    attempt,
-                    exc.detail,
-                )
-                await self._sleep(delay)
-                attempt += 1
+                detail, retryable = exc.detail, exc.retryable
             except Exception as exc:
-                # A notifier broke its contract (raised something other than
-                # DeliveryError): a bug, so retrying it would only repeat it.
-                log.exception("notifier %s raised unexpectedly", notifier.name)
-                detail = f"unexpected {type(exc).__name__}: {exc}"
-                await self._report(
-                    n, notifier.name, "failed", detail, attempts=attempt, started=started
-                )
-                return
+                if isinstance(exc, TimeoutError) and deadline.expired():
+                    detail, retryable = f"no answer within the {cap:g} s limit", False
+                else:
+                    # A notifier broke its contract (raised something other than
+                    # DeliveryError): a bug, so retrying it would only repeat it.
+                    log.exception("notifier %s raised unexpectedly", lane.name)
+                    detail, retryable = f"unexpected {type(exc).__name__}: {exc}", False
             else:
-                await self._report(
-                    n, notifier.name, "delivered", "", attempts=attempt, started=started
-                )
+                await self._succeeded(n, lane, attempts=attempt, started=started_wall)
                 return
+            delay = 0.0
+            if retryable and attempt < self._attempts:
+                delay = self._backoff(attempt)
+                elapsed = self._monotonic() - started
+                if elapsed + delay >= cap:
+                    # The retry would start past the cap: give up now, not later.
+                    detail = f"{detail}; gave up after {elapsed:.1f} s (limit {cap:g} s)"
+                    retryable = False
+            if not retryable or attempt >= self._attempts:
+                self._attempt_failed(lane, detail, f"dropping notification {n.id}")
+                await self._gave_up(n, lane, detail, attempts=attempt, started=started_wall)
+                return
+            self._attempt_failed(lane, detail, f"retrying (attempt {attempt} of {self._attempts})")
+            log.debug(
+                "retrying %s to %s in %.3f s after attempt %d: %s",
+                n.id,
+                lane.name,
+                delay,
+                attempt,
+                detail,
+            )
+            await self._sleep(delay)
+            attempt += 1
 
     def _backoff(self, attempt: int) -> float:
         # Exponent capped so a large `attempts` cannot overflow the float.
         ceiling = min(self._max_delay, self._base_delay * 2 ** min(attempt - 1, 62))
         return self._rng.uniform(0.0, ceiling)
+
+    def _attempt_failed(self, lane: _Lane, detail: str, action: str) -> None:
+        lane.failed_attempts += 1
+        if lane.failing:
+            return  # said once already; the recovery line gives the totals
+        lane.failing = True
+        log.warning(
+            "receiver %s failing: %s; %s; further failures are not logged until it recovers",
+            lane.name,
+            detail,
+            action,
+        )
+
+    async def _succeeded(
+        self, n: Notification, lane: _Lane, *, attempts: int, started: float
+    ) -> None:
+        self._delivered += 1
+        if lane.failing:
+            log.info(
+                "receiver %s recovered after %d failed deliveries (%d failed attempts)",
+                lane.name,
+                lane.failed_deliveries,
+                lane.failed_attempts,
+            )
+        lane.failing = False
+        lane.failed_deliveries = lane.failed_attempts = 0
+        await self._report(n, lane.name, "delivered", "", attempts=attempts, started=started)
+
+    async def _gave_up(
+        self, n: Notification, lane: _Lane, detail: str, *, attempts: int, started: float
+    ) -> None:
+        self._failed += 1
+        lane.failed_deliveries += 1
+        log.debug(
+            "%s notification %s for alert %s to %s failed: %s",
+            n.event,
+            n.id,
+            n.alert.fingerprint,
+            lane.name,
+            detail,
+        )
+        await self._report(n, lane.name, "failed", detail, attempts=attempts, started=started)
 
     async def _report(
         self,
@@ -243,18 +389,6 @@ class AlertService:
         elapsed_ms = round((self._clock.now() - started) * 1000)
         tries = f"{attempts} attempt{'s' if attempts > 1 else ''}, {elapsed_ms} ms"
         detail = f"{detail} ({tries})" if detail else tries
-        if outcome == "delivered":
-            self._delivered += 1
-        else:
-            self._failed += 1
-            log.warning(
-                "%s notification %s for alert %s to %s failed: %s",
-                n.event,
-                n.id,
-                n.alert.fingerprint,
-                receiver,
-                detail,
-            )
         if self._on_delivery is not None:
             try:
                 await self._on_delivery(n, receiver, outcome, detail)

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from alerts.model import Notification
-from cityvitals.demo import DemoOptions, run_demo
+from cityvitals.embedded.demo import DemoOptions, run_demo
 
 
 class StopwatchReceiver:

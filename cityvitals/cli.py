@@ -44,6 +44,27 @@ def _setup_logging(verbose: int, console: object | None = None) -> None:
         logging.getLogger(noisy).setLevel(logging.DEBUG if verbose > 2 else logging.WARNING)
 
 
+def _check_mqtt_url(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    from cityvitals.config import BrokerSettings, BrokerUrlError
+
+    if value is not None:
+        try:
+            BrokerSettings.from_url(value)
+        except BrokerUrlError as exc:
+            raise click.BadParameter(str(exc)) from exc
+    return value
+
+
+def _check_http_url(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    from urllib.parse import urlsplit
+
+    if value is not None:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise click.BadParameter(f"expected http(s)://host[:port]/path, got {value!r}")
+    return value
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="cityvitals")
 def main() -> None:
@@ -95,12 +116,14 @@ def main() -> None:
     "--mqtt",
     "mqtt_url",
     metavar="URL",
+    callback=_check_mqtt_url,
     help="Use an external broker (mqtt://host:port) instead of the embedded one.",
 )
 @click.option(
     "--webhook",
     "webhook_url",
     metavar="URL",
+    callback=_check_http_url,
     help="Also POST every alert notification as JSON to this URL.",
 )
 @click.option(
@@ -145,8 +168,8 @@ def demo(
             "the demo needs the server extras: pip install 'cityvitals[server]'"
         ) from exc
 
-    from cityvitals.demo import DemoOptions
-    from cityvitals.demo_console import run_with_console
+    from cityvitals.embedded.console import run_with_console
+    from cityvitals.embedded.demo import DemoOptions
 
     if registry_path is None and nodes < 5 * districts:
         raise click.BadParameter(

@@ -54,6 +54,9 @@ class Reason(StrEnum):
     TOPIC_MISMATCH = "topic_mismatch"
     UNKNOWN_NODE = "unknown_node"
     KIND_MISMATCH = "kind_mismatch"
+    #: Not the sender's fault: our own processing failed. The bytes are kept
+    #: so the message can be replayed once the fault is fixed.
+    INTERNAL = "internal_error"
 
 
 # \Z, not $: Python's $ also matches before a trailing newline.

@@ -87,9 +87,14 @@ class Registry:
     def load(cls, path: Path | str) -> Registry:
         path = Path(path)
         try:
-            text = path.read_text(encoding="utf-8")
+            # utf-8-sig: spreadsheets often save CSV with a byte-order mark.
+            text = path.read_text(encoding="utf-8-sig")
         except OSError as exc:
             raise ConfigError(path, "file", f"a readable registry CSV ({exc.strerror})") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                path, f"byte {exc.start}", "UTF-8 text (save the CSV as UTF-8)"
+            ) from exc
         return cls.parse(text, path=path)
 
     @classmethod

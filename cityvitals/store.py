@@ -30,9 +30,15 @@ from typing import Any, Self
 import msgspec
 
 from cityvitals.contract import DeadLetter, Placement, Reading, Reason, Warning
+from cityvitals.errors import CityvitalsError
 from cityvitals.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
+
+
+class StoreError(CityvitalsError):
+    """The store cannot take more rows: its writer failed or it is closed."""
+
 
 SCHEMA = """
 PRAGMA journal_mode = WAL;
@@ -220,20 +226,41 @@ class EmbeddedStore:
         row = (notification_id, fingerprint, event, level, node, receiver, outcome, detail, ts_ms)
         await self._put("notifications", row)
 
-    async def _put(self, table: str, row: Any) -> None:
+    def _check_writer(self) -> asyncio.Task[None]:
         if self._failure is not None:
-            raise RuntimeError(f"store writer failed: {self._failure}") from self._failure
-        await self._queue.put((table, row))
+            raise StoreError(f"store writer failed: {self._failure}") from self._failure
+        if self._writer is None or self._writer.done():
+            raise StoreError(f"store {self.path} is not open")
+        return self._writer
+
+    async def _put(self, table: str, row: Any) -> None:
+        writer = self._check_writer()
+        if not self._queue.full():
+            self._queue.put_nowait((table, row))
+            return
+        # Full: wait for room, but not on a writer that has died meanwhile.
+        put = asyncio.ensure_future(self._queue.put((table, row)))
+        waiting: set[asyncio.Future[Any]] = {put, writer}
+        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        if not put.done():
+            put.cancel()
+            self._check_writer()
 
     async def flush(self) -> None:
-        """Return when every row queued before this call is committed."""
+        """Return when every row queued before this call is committed.
+
+        Raises `StoreError` if the writer failed: a flush never reports rows
+        as safe that are not.
+        """
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         await self._put(_FLUSH, done)
-        writer = self._writer
-        assert writer is not None, "store is not open"  # noqa: S101 - programming error
-        finished, _ = await asyncio.wait({done, writer}, return_when=asyncio.FIRST_COMPLETED)
-        if done not in finished:
-            raise RuntimeError(f"store writer stopped: {self._failure}")
+        writer = self._check_writer()
+        waiting: set[asyncio.Future[Any]] = {done, writer}
+        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        if not done.done():
+            done.cancel()
+            self._check_writer()
+        done.result()  # re-raises the commit failure, if that is what ended it
 
     async def _write_loop(self) -> None:
         while True:
@@ -257,9 +284,11 @@ class EmbeddedStore:
                 log.exception(
                     "store writer failed; %d rows not written", sum(map(len, rows.values()))
                 )
+                failure = StoreError(f"store {self.path}: commit failed: {exc}")
+                failure.__cause__ = exc
                 for fut in flushes:
                     if not fut.done():
-                        fut.set_exception(exc)
+                        fut.set_exception(failure)
                 raise
             for fut in flushes:
                 if not fut.done():

@@ -17,11 +17,13 @@ import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack, suppress
 from dataclasses import dataclass
+from typing import Any
 
+from cityvitals.config import BrokerSettings
 from cityvitals.contract import CONTRACT_VERSION, Reading
 from cityvitals.registry import Registry
-from edge.buffer import Outbound
-from edge.publisher import BrokerSettings, EdgePublisher
+from edge.buffer import MemoryBuffer, Outbound
+from edge.publisher import EdgePublisher
 from edge.simulate import DAY_S, NodeSimulator, Scenario
 
 log = logging.getLogger(__name__)
@@ -97,8 +99,15 @@ class SimulatedFleet:
         if self._on_ack is not None:
             self._on_ack(message)
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Publish the day (or until `stop`), then wait for every acknowledgement."""
+    async def run(
+        self, stop: asyncio.Event, *, flush_timeout: float = 120.0, grace: float = 10.0
+    ) -> None:
+        """Publish the day (or until `stop`), then wait for the acknowledgements.
+
+        The wait is bounded: `flush_timeout` normally, `grace` once `stop` is
+        set. What is still unacknowledged then is logged and stays visible
+        through `submitted_keys()` against what was stored.
+        """
         async with AsyncExitStack() as stack:
             by_node: dict[str, EdgePublisher] = {}
             for agent, nodes in sorted(self._agents.items()):
@@ -107,6 +116,7 @@ class SimulatedFleet:
                     agent_id=agent,
                     nodes=[(n, self.city.get(n).kind) for n in nodes],  # type: ignore[union-attr]
                     on_ack=self._count_ack,
+                    buffer=MemoryBuffer(maxsize=self._buffer_size),
                 )
                 await stack.enter_async_context(publisher)
                 self._publishers.append(publisher)
@@ -134,11 +144,55 @@ class SimulatedFleet:
                 t = tick * self.interval_s
                 self._announce(t)
                 for node, sim in self._sims.items():
-                    await by_node[node].submit(self._reading(node, sim, t))
+                    if not await self._submit(by_node[node], self._reading(node, sim, t), stop):
+                        break
                 self._ticks_done = tick + 1
-            for publisher in self._publishers:
-                await publisher.flush()
+            await self._flush(stop, flush_timeout, grace)
+
+    async def _submit(
+        self, publisher: EdgePublisher, reading: Reading, stop: asyncio.Event
+    ) -> bool:
+        """Hand a reading to its agent; False if `stop` came while the buffer was full."""
+        if publisher.pending < self._buffer_size:
+            await publisher.submit(reading)  # room: returns at once
+            return True
+        # A full buffer means the broker is not acknowledging; wait for room
+        # or for the operator to give up, whichever comes first.
+        put = asyncio.ensure_future(publisher.submit(reading))
+        stopped = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({put, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        if put.done():
+            return True
+        put.cancel()
+        log.warning("fleet: stopped while %s's buffer was full", publisher.agent_id)
+        return False
+
+    async def _flush(self, stop: asyncio.Event, limit_s: float, grace: float) -> None:
+        """Wait for the broker to acknowledge everything: up to `limit_s`, or
+        `grace` once `stop` is set; then say how much is left unacknowledged."""
+        flushes = asyncio.ensure_future(
+            asyncio.gather(*(p.flush() for p in self._publishers), return_exceptions=True)
+        )
+        stopped = asyncio.ensure_future(stop.wait())
+        try:
+            if not stop.is_set():
+                either: set[asyncio.Future[Any]] = {flushes, stopped}
+                await asyncio.wait(either, timeout=limit_s, return_when=asyncio.FIRST_COMPLETED)
+            if not flushes.done():
+                await asyncio.wait({flushes}, timeout=grace)
+        finally:
+            stopped.cancel()
+            flushes.cancel()
+        left = sum(p.pending for p in self._publishers)
+        if left:
+            log.error("fleet: %d readings never acknowledged by the broker", left)
+        else:
             log.info("fleet: %d readings published and acknowledged", self._acked)
+
+    def submitted_keys(self) -> set[tuple[str, int]]:
+        """Every (node, seq) the simulated nodes took, acknowledged or not."""
+        return {(node, seq) for node, count in self._seq.items() for seq in range(count)}
 
     def _reading(self, node: str, sim: NodeSimulator, t: float) -> Reading:
         t_node = t + sim.phase_s

@@ -16,15 +16,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import ssl
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
 
 import aiomqtt
 
 from cityvitals.clock import Clock, SystemClock
+from cityvitals.config import BrokerSettings
 from cityvitals.contract import CONTRACT_VERSION, NodeStatus, Reading, encode
 from cityvitals.kinds import Kind
 from cityvitals.tasks import cancel_and_wait
@@ -32,39 +32,6 @@ from cityvitals.topics import status_topic, telemetry_topic
 from edge.buffer import MemoryBuffer, Outbound, OutboundBuffer
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class BrokerSettings:
-    """Where and how to reach the MQTT broker."""
-
-    host: str = "127.0.0.1"
-    port: int = 1883
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    tls: ssl.SSLContext | None = None
-    keepalive: int = 30
-
-    @classmethod
-    def from_url(cls, url: str) -> BrokerSettings:
-        """Parse `mqtt://[user:pass@]host[:port]` or `mqtts://...` (TLS).
-
-        >>> BrokerSettings.from_url("mqtt://ops:pw@10.0.0.5:1884")
-        BrokerSettings(host='10.0.0.5', port=1884, username='ops', tls=None, keepalive=30)
-        """
-        from urllib.parse import unquote, urlsplit
-
-        parts = urlsplit(url)
-        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-            raise ValueError(f"expected mqtt://host[:port] or mqtts://host[:port], got {url!r}")
-        secure = parts.scheme == "mqtts"
-        return cls(
-            host=parts.hostname,
-            port=parts.port or (8883 if secure else 1883),
-            username=unquote(parts.username) if parts.username else None,
-            password=unquote(parts.password) if parts.password else None,
-            tls=ssl.create_default_context() if secure else None,
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +79,7 @@ class EdgePublisher:
         self._acked = 0
         self._resent = 0
         self._connections = 0
+        self._reported_unreachable = False
         self._started_ms = 0
 
     # -- lifecycle -------------------------------------------------------------
@@ -150,11 +118,31 @@ class EdgePublisher:
         )
 
     async def flush(self) -> None:
-        """Return once every submitted reading has been acknowledged by the broker."""
-        await self._buffer.wait_empty()
+        """Return once every submitted reading has been acknowledged by the broker.
+
+        Waits as long as it takes (a broker may be down for hours; the buffer
+        holds the readings): bound it with `asyncio.timeout` where that matters.
+        """
+        if self._pump is None or self._pump.done():
+            raise RuntimeError(f"agent {self.agent_id}: publisher is not running")
+        empty = asyncio.ensure_future(self._buffer.wait_empty())
+        waiting: set[asyncio.Future[Any]] = {empty, self._pump}
+        try:
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            empty.cancel()
+        if not len(self._buffer) == 0:
+            raise RuntimeError(
+                f"agent {self.agent_id}: publisher stopped before its buffer emptied"
+            )
+
+    @property
+    def pending(self) -> int:
+        """Readings not yet acknowledged by the broker."""
+        return len(self._buffer)
 
     def stats(self) -> PublisherStats:
-        in_flight = getattr(self._buffer, "in_flight", 0)
+        in_flight = self._buffer.in_flight
         return PublisherStats(
             queued=len(self._buffer) - in_flight,
             in_flight=in_flight,
@@ -199,20 +187,37 @@ class EdgePublisher:
                     await self._publish_births(client)
                     await self._pump_messages(client)
             except aiomqtt.MqttError as exc:
-                was_connected = self._connected.is_set()
-                self._connected.clear()
-                back = self._buffer.requeue_in_flight()
-                self._resent += back
-                if was_connected:
-                    log.warning(
-                        "agent %s lost the broker (%s); %d unacknowledged readings requeued",
-                        self.agent_id,
-                        exc,
-                        back,
-                    )
-                # Full jitter: many agents losing one broker must not reconnect in step.
-                await asyncio.sleep(self._rng.uniform(0, delay))
-                delay = min(delay * 2, self._backoff[1])
+                self._connection_failed(exc)
+            except Exception as exc:
+                # Not the network: a bug. The buffer still holds every reading,
+                # so log it with its traceback and keep the agent alive.
+                log.exception("agent %s publisher failed; reconnecting", self.agent_id)
+                self._connection_failed(exc)
+            # Full jitter: many agents losing one broker must not reconnect in step.
+            await asyncio.sleep(self._rng.uniform(0, delay))
+            delay = min(delay * 2, self._backoff[1])
+
+    def _connection_failed(self, exc: Exception) -> None:
+        was_connected = self._connected.is_set()
+        self._connected.clear()
+        back = self._buffer.requeue_in_flight()
+        self._resent += back
+        if was_connected:
+            log.warning(
+                "agent %s lost the broker (%s); %d unacknowledged readings requeued",
+                self.agent_id,
+                exc,
+                back,
+            )
+        elif self._connections == 0 and not self._reported_unreachable:
+            self._reported_unreachable = True
+            log.warning(
+                "agent %s cannot reach the broker at %s:%d (%s); retrying",
+                self.agent_id,
+                self.broker.host,
+                self.broker.port,
+                exc,
+            )
 
     async def _pump_messages(self, client: aiomqtt.Client) -> None:
         """Publish from the buffer with at most `window` messages awaiting PUBACK.

@@ -29,6 +29,7 @@ import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from cityvitals.errors import CityvitalsError
 from cityvitals.kinds import Kind
 from cityvitals.levels import Level
 from cityvitals.registry import Device, Registry
@@ -39,6 +40,10 @@ HOUR = 3600.0
 #: An overlay maps seconds since the start of the simulated day to metric values
 #: that the incident forces: the node reports the larger of normal and forced.
 Overlay = Callable[[float], Mapping[str, float]]
+
+
+class ScenarioError(CityvitalsError):
+    """The city cannot host the scripted incidents (too few nodes of a kind)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,9 +135,15 @@ class Scenario:
         rng = random.Random(seed)
         districts = city.districts()
 
-        def pick(kind: Kind, district: int) -> list[str]:
+        def pick(kind: Kind, district: int, need: int = 1) -> list[str]:
             name = districts[district % len(districts)]
-            return sorted(x.node for x in city.by_kind(kind) if x.district == name)
+            nodes = sorted(x.node for x in city.by_kind(kind) if x.district == name)
+            if len(nodes) < need:
+                raise ScenarioError(
+                    f"the scripted day needs {need} {kind} node(s) in district {name!r}, "
+                    f"the registry has {len(nodes)}; add nodes, or run a day without incidents"
+                )
+            return nodes
 
         incidents = []
 
@@ -159,7 +170,7 @@ class Scenario:
             )
         )
 
-        storm_nodes = pick(Kind.WATER_LEVEL, 0)
+        storm_nodes = pick(Kind.WATER_LEVEL, 0, need=3)
         rng.shuffle(storm_nodes)
         start = 13.5 * HOUR
         peaks = {
@@ -184,7 +195,7 @@ class Scenario:
             )
         )
 
-        crowd = pick(Kind.CROWD, 0)
+        crowd = pick(Kind.CROWD, 0, need=2)
         rng.shuffle(crowd)
         start = 19 * HOUR
         incidents.append(

@@ -18,6 +18,11 @@ loop. aiomqtt itself keeps reading the socket into its queue, which must
 stay unbounded: when a bounded aiomqtt queue is full it *discards* messages
 the broker already considers delivered. Stopping the acknowledgements
 instead belongs to the distributed gateway (issue 4).
+
+That queue (the "inbox") belongs to the gateway, not to one connection:
+messages already acknowledged to the broker but not yet handled when a
+connection drops are still handled, instead of being thrown away with the
+old client.
 """
 
 from __future__ import annotations
@@ -29,12 +34,13 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Self
+from typing import Self, cast
 
 import aiomqtt
 import msgspec
 
 from cityvitals.clock import Clock, SystemClock
+from cityvitals.config import BrokerSettings
 from cityvitals.contract import (
     CONTRACT_VERSION,
     DeadLetter,
@@ -46,7 +52,6 @@ from cityvitals.errors import ContractError
 from cityvitals.registry import Registry
 from cityvitals.tasks import cancel_and_wait
 from cityvitals.topics import ALL_NODES_FILTER, Topic
-from edge.publisher import BrokerSettings
 from gateway.dedup import SeqWindow, Verdict
 from gateway.validate import Validator
 
@@ -100,6 +105,9 @@ class Gateway:
         self._counts: Counter[str] = Counter()
         self._reasons: Counter[str] = Counter()
         self._forwarded = asyncio.Event()
+        self._inbox: asyncio.Queue[aiomqtt.Message] = asyncio.Queue()
+        #: The last connection failure, for operators and start-up errors.
+        self.last_error: Exception | None = None
 
     async def __aenter__(self) -> Self:
         self._task = asyncio.create_task(self._run(), name="gateway")
@@ -156,6 +164,9 @@ class Gateway:
                     tls_context=self.broker.tls,
                     keepalive=self.broker.keepalive,
                     clean_session=False,
+                    # aiomqtt builds its queue by calling queue_type(maxsize=...);
+                    # hand it ours, so it outlives the connection.
+                    queue_type=cast("type[asyncio.Queue[aiomqtt.Message]]", self._inbox_factory),
                 ) as client:
                     await client.subscribe(ALL_NODES_FILTER, qos=1)
                     log.info(
@@ -167,15 +178,48 @@ class Gateway:
                     self._subscribed.set()
                     delay = self._backoff[0]
                     async for message in client.messages:
-                        payload = message.payload
-                        data = bytes(payload) if isinstance(payload, bytes | bytearray) else b""
-                        await self.handle(message.topic.value, data)
+                        await self.handle(message.topic.value, _payload_bytes(message.payload))
             except aiomqtt.MqttError as exc:
-                if self._subscribed.is_set():
-                    log.warning("gateway lost the broker (%s); reconnecting", exc)
-                self._subscribed.clear()
-                await asyncio.sleep(self._rng.uniform(0, delay))
-                delay = min(delay * 2, self._backoff[1])
+                self._connection_failed(exc)
+                await self._drain_inbox()
+            except Exception as exc:
+                # handle() turns every message into an outcome, so this is a
+                # failing sink: say so loudly, then carry on rather than die.
+                log.exception("gateway loop failed; reconnecting")
+                self._connection_failed(exc)
+            await asyncio.sleep(self._rng.uniform(0, delay))
+            delay = min(delay * 2, self._backoff[1])
+
+    def _inbox_factory(self, maxsize: int = 0) -> asyncio.Queue[aiomqtt.Message]:
+        return self._inbox
+
+    async def _drain_inbox(self) -> None:
+        """Handle what arrived before the connection dropped: the broker has
+        already been told we have it."""
+        if not self._inbox.empty():
+            log.info("gateway handling %d messages received before the drop", self._inbox.qsize())
+        while not self._inbox.empty():
+            message = self._inbox.get_nowait()
+            await self.handle(message.topic.value, _payload_bytes(message.payload))
+
+    @property
+    def backlog(self) -> int:
+        """Messages received from the broker and not handled yet."""
+        return self._inbox.qsize()
+
+    def _connection_failed(self, exc: Exception) -> None:
+        first = self.last_error is None
+        self.last_error = exc
+        if self._subscribed.is_set():
+            log.warning("gateway lost the broker (%s); reconnecting", exc)
+        elif first:
+            log.warning(
+                "gateway cannot reach the broker at %s:%d (%s); retrying",
+                self.broker.host,
+                self.broker.port,
+                exc,
+            )
+        self._subscribed.clear()
 
     async def handle(self, topic: str, payload: bytes) -> None:
         """Process one message; never raises for bad input."""
@@ -193,6 +237,12 @@ class Gateway:
                 self._counts["event"] += 1
         except ContractError as exc:
             await self._refuse(topic, payload, Reason(exc.reason), exc.detail)
+        except Exception as exc:
+            # A bug of ours or a failing stream: keep the bytes with the reason
+            # (the first time with a traceback) instead of losing the message.
+            if not self._reasons[Reason.INTERNAL.value]:
+                log.exception("gateway: internal error on %s", topic)
+            await self._refuse(topic, payload, Reason.INTERNAL, f"{type(exc).__name__}: {exc}")
 
     async def _telemetry(self, topic: Topic, payload: bytes) -> None:
         reading, device = self._validator.telemetry(topic, payload)
@@ -228,3 +278,8 @@ class Gateway:
                 payload_size=len(payload),
             )
         )
+
+
+def _payload_bytes(payload: object) -> bytes:
+    # paho delivers bytes; aiomqtt's type also allows str/int/float/None.
+    return bytes(payload) if isinstance(payload, bytes | bytearray) else b""

@@ -46,7 +46,12 @@ class SeqWindow:
         highest, bitmap = state
         if seq > highest:
             # Bit i stands for (highest - i); shift the window up to the new top.
-            self._state[node] = (seq, ((bitmap << (seq - highest)) | 1) & self._mask)
+            # A jump past the whole window starts a fresh one: shifting by the
+            # jump itself would build an integer as large as the jump (a valid
+            # seq can be 2**63) and stall or kill the gateway.
+            shift = seq - highest
+            bitmap = 1 if shift >= self.window else ((bitmap << shift) | 1) & self._mask
+            self._state[node] = (seq, bitmap)
             return Verdict.NEW
         offset = highest - seq
         if offset >= self.window:

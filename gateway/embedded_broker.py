@@ -16,7 +16,7 @@ from typing import Self
 from amqtt.broker import Broker
 from amqtt.errors import BrokerError
 
-from edge.publisher import BrokerSettings
+from cityvitals.config import BrokerSettings
 
 log = logging.getLogger(__name__)
 

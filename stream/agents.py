@@ -1,9 +1,15 @@
-"""The reading agent: state from a table, rules from the engine, results to sinks.
+"""The reading agent: per-node state, rules from the engine, results to sinks.
 
 A thin shell around pure code: decode the gateway's envelope, store the
-reading, update the node's rule state (kept in a faust Table keyed by node,
-so the distributed mode can recover it from its changelog), and hand every
-warning that changed to the sink and to the alert side.
+reading, update the node's rule state, and hand every warning that changed to
+the sink and to the alert side.
+
+Rule state is a mapping of node id to encoded `NodeState`. The embedded mode
+passes a plain dict: there is nothing durable to recover from in one process,
+and a faust Table without Kafka would queue a changelog record per reading
+that no producer ever sends (memory growing with every reading). The
+distributed mode passes a faust Table, whose Kafka changelog lets a restarted
+or rebalanced worker resume.
 
 Per-node order matters for hysteresis, so the agent runs with concurrency 1
 (in the distributed mode, partitions keyed by node keep order per node).
@@ -15,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Protocol
 
 import faust
@@ -48,18 +54,20 @@ class ReadingPipeline:
         on_warning: WarningHandler,
         engine: RuleEngine | None = None,
         source: Any = None,
+        state: MutableMapping[str, bytes] | None = None,
     ) -> None:
         self.app = app
         self.engine = engine or RuleEngine()
         self._sink = sink
         self._on_warning = on_warning
         self.source = source if source is not None else app.channel()
-        self.state = app.Table("node_rule_state", default=bytes, key_type=str, value_type=bytes)
+        self.state: MutableMapping[str, bytes] = {} if state is None else state
         self.agent = app.agent(self.source, name="evaluate_readings", concurrency=1)(self._evaluate)
         self.processed = 0
         self.warnings = 0
         self.errors = 0
         self._progress = asyncio.Event()
+        self._last_error = ""
 
     async def send(self, key: bytes, value: bytes) -> None:
         """Embedded mode: what the gateway forwards to (an in-memory channel)."""
@@ -76,17 +84,21 @@ class ReadingPipeline:
             try:
                 await self._handle(value)
                 self.processed += 1
-            except Exception:
+            except Exception as exc:
                 # Bytes reach here only after the gateway validated them, so
-                # this is our bug, not bad input: log loudly, keep going.
+                # this is our bug or a failing sink, not bad input: log each
+                # new kind of failure with its traceback, count the repeats.
                 self.errors += 1
-                log.exception("stream: failed to process a reading; continuing")
+                kind = f"{type(exc).__name__}: {exc}"
+                if kind != self._last_error:
+                    self._last_error = kind
+                    log.exception("stream: failed to process a reading (%d so far)", self.errors)
             self._progress.set()
 
     async def _handle(self, value: bytes) -> None:
         envelope, reading = decode_enriched(value)
         await self._sink.write_reading(reading, envelope.placement, envelope.received_ms)
-        state = decode_state(self.state[reading.node])
+        state = decode_state(self.state.get(reading.node))
         changed = self.engine.evaluate(reading, envelope.placement, state)
         self.state[reading.node] = encode_state(state)
         for warning in changed:

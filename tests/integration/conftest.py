@@ -6,6 +6,7 @@ gets its own instance on a free port, so tests never share broker state.
 
 from __future__ import annotations
 
+import getpass
 import os
 import shutil
 import socket
@@ -45,36 +46,73 @@ def mosquitto_binary() -> str | None:
     )
 
 
+class MosquittoServer:
+    """One Mosquitto on a fixed loopback port that a test can stop and start again.
+
+    Persistence is on (in the test's own directory) so that sessions and
+    queued QoS 1 messages survive a restart, as on a production broker.
+    """
+
+    def __init__(self, binary: str, workdir: Path) -> None:
+        self.binary = binary
+        self.port = _free_port()
+        self.url = f"mqtt://127.0.0.1:{self.port}"
+        self.conf = workdir / "mosquitto.conf"
+        self.conf.write_text(
+            f"listener {self.port} 127.0.0.1\n"
+            "allow_anonymous true\n"
+            "persistence true\n"
+            f"persistence_location {workdir}/\n"
+            "max_queued_messages 100000\n"
+            f"log_dest file {workdir / 'mosquitto.log'}\n"
+            # Started as root, Mosquitto switches to the 'mosquitto' user, which
+            # cannot write the test's private directory: persistence and the log
+            # would fail silently. Stay whoever started it.
+            + (f"user {getpass.getuser()}\n" if os.geteuid() == 0 else "")
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(  # noqa: S603 - our own binary path and config
+            [self.binary, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        _wait_for_port(self.port, self.proc)
+
+    def stop(self) -> None:
+        """SIGTERM and wait: Mosquitto saves its persistence file on the way out."""
+        if self.proc is None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
+        self.proc = None
+
+
 @pytest.fixture
-def mosquitto(tmp_path: Path) -> Iterator[str]:
-    """A private Mosquitto on a free loopback port; yields its mqtt:// URL."""
+def mosquitto_server(tmp_path: Path) -> Iterator[MosquittoServer]:
+    """A private, restartable Mosquitto on a free loopback port."""
     binary = mosquitto_binary()
     if binary is None:
         message = "mosquitto is not installed (./dev test installs it from Debian's packages)"
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
-    port = _free_port()
-    conf = tmp_path / "mosquitto.conf"
-    conf.write_text(
-        f"listener {port} 127.0.0.1\n"
-        "allow_anonymous true\n"
-        "persistence false\n"
-        "max_queued_messages 100000\n"
-        f"log_dest file {tmp_path / 'mosquitto.log'}\n"
-    )
-    proc = subprocess.Popen(  # noqa: S603 - our own binary path and config
-        [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
+    workdir = tmp_path / "mosquitto"
+    workdir.mkdir()
+    server = MosquittoServer(binary, workdir)
+    server.start()
     try:
-        _wait_for_port(port, proc)
-        yield f"mqtt://127.0.0.1:{port}"
+        yield server
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if proc.stderr is not None:
-            proc.stderr.close()
+        server.stop()
+
+
+@pytest.fixture
+def mosquitto(mosquitto_server: MosquittoServer) -> str:
+    """The mqtt:// URL of a private Mosquitto."""
+    return mosquitto_server.url

@@ -3,8 +3,10 @@ stay quiet, no reading is lost, bad input is dead-lettered while the pipeline ru
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
+import socket
 import sqlite3
 
 import aiomqtt
@@ -12,11 +14,12 @@ import pytest
 
 from alerts.model import Notification
 from cityvitals.citygen import generate_city
+from cityvitals.config import BrokerSettings
 from cityvitals.contract import Reason
-from cityvitals.demo import DemoOptions, run_demo
+from cityvitals.embedded.demo import DemoOptions, run_demo
+from cityvitals.embedded.pipeline import BrokerUnreachableError, EmbeddedPipeline
 from cityvitals.kinds import Kind
 from cityvitals.levels import Level
-from cityvitals.pipeline import EmbeddedPipeline
 from edge.simulate import DAY_S
 
 pytestmark = pytest.mark.integration
@@ -121,6 +124,36 @@ def garbage(city) -> list[tuple[str, bytes, Reason]]:
     ]
 
 
+async def test_a_valid_but_hostile_reading_does_not_stop_the_gateway(tmp_path):
+    """A legal reading with seq 2**63-1 (a jump past any dedup window) is stored like any
+    other, and the gateway goes on to store the whole day."""
+    city = generate_city(nodes=NODES, districts=DISTRICTS, seed=SEED)
+    water = city.by_kind(Kind.WATER_LEVEL)[0].node
+    huge = 2**63 - 1
+
+    async def jump(pipeline: EmbeddedPipeline) -> None:
+        payload = json.dumps(
+            {
+                "v": 1,
+                "node": water,
+                "kind": "water_level",
+                "seq": huge,
+                "ts_ms": DAY_START_MS,
+                "metrics": {"depth_cm": 1.0},
+            }
+        ).encode()
+        async with aiomqtt.Client(
+            pipeline.broker.host, pipeline.broker.port, identifier="test-jump"
+        ) as client:
+            await client.publish(f"city/water_level/{water}/telemetry", payload, qos=1)
+
+    result = await run_demo(options(tmp_path), on_ready=jump)
+    assert result.ok
+    keys = stored_keys(tmp_path / "data")
+    assert (water, huge) in keys
+    assert keys >= {(d.node, s) for d in city for s in range(TICKS)}
+
+
 async def test_bad_input_into_the_running_pipeline_is_dead_lettered(tmp_path):
     """Malformed JSON, wrong types, unknown kinds, impossible values, oversized payloads and
     random bytes published into the live pipeline each become a dead letter with a reason
@@ -163,6 +196,45 @@ async def test_bad_input_into_the_running_pipeline_is_dead_lettered(tmp_path):
     }
     assert stored_keys(tmp_path / "data") >= {(d.node, s) for d in city for s in range(TICKS)}
     assert result.warnings_raised[Level.RED] >= 1
+
+
+async def test_broker_restart_mid_day_loses_nothing(tmp_path, mosquitto_server):
+    """Mosquitto is stopped and started again while the day is being published: the edge
+    agents requeue what was not acknowledged and reconnect, the gateway's persistent session
+    gets what was queued for it, and every (node, seq) ends up stored exactly once."""
+    restarted = asyncio.Event()
+
+    async def restart_broker(pipeline: EmbeddedPipeline) -> None:
+        await pipeline.gateway.wait_forwarded(2000)
+        await asyncio.to_thread(mosquitto_server.stop)
+        await asyncio.to_thread(mosquitto_server.start)
+        restarted.set()
+
+    tasks: list[asyncio.Task[None]] = []
+
+    async def arm(pipeline: EmbeddedPipeline) -> None:
+        tasks.append(asyncio.create_task(restart_broker(pipeline)))
+
+    result = await run_demo(options(tmp_path, mqtt_url=mosquitto_server.url), on_ready=arm)
+    await asyncio.wait_for(tasks[0], 5)
+    assert restarted.is_set()
+    assert result.ok, result.missing_keys[:10]
+    city = generate_city(nodes=NODES, districts=DISTRICTS, seed=SEED)
+    assert stored_keys(tmp_path / "data") == {(d.node, s) for d in city for s in range(TICKS)}
+    assert all(check.ok for check in result.incidents)
+
+
+async def test_an_unreachable_broker_is_a_clear_error(tmp_path):
+    """Pointing the pipeline at a port where nothing listens fails fast, naming the broker."""
+    with socket.socket() as s:  # a bound but never listening port: nothing can answer there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        city = generate_city(nodes=NODES, districts=DISTRICTS, seed=SEED)
+        with pytest.raises(BrokerUnreachableError, match=f"127.0.0.1:{port}"):
+            async with EmbeddedPipeline(
+                city, data_dir=tmp_path, mqtt=BrokerSettings(port=port), connect_timeout=2
+            ):
+                pass
 
 
 async def test_against_a_real_mosquitto(tmp_path, mosquitto):

@@ -1,7 +1,8 @@
-"""AlertService: queueing, delivery fan-out, retry with backoff, backpressure, drain, stats.
+"""AlertService: queueing, per-receiver lanes, retry with backoff, backpressure, drain, stats.
 
 Notifiers here are small hand-written fakes with a scripted list of outcomes;
-`sleep` is injected so retries record their delays instead of waiting.
+`sleep` is injected so retries record their delays instead of waiting, and
+`monotonic` is injected where the per-notification time cap is under test.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Callable
 
 import pytest
 
@@ -33,9 +35,11 @@ class Scripted:
         self.errors = list(errors)
         self.calls: list[str] = []
         self.delivered: list[Notification] = []
+        self.called = asyncio.Event()  # set on every call; see `wait_calls`
 
     async def send(self, n: Notification) -> None:
         self.calls.append(n.id)
+        self.called.set()
         if self.errors:
             raise self.errors.pop(0)
         self.delivered.append(n)
@@ -48,12 +52,16 @@ class Gated:
         self.name = name
         self.gate = asyncio.Event()
         self.entered = asyncio.Event()
+        self.calls: list[str] = []
         self.delivered: list[Notification] = []
+        self.passed = asyncio.Event()  # set on every delivery
 
     async def send(self, n: Notification) -> None:
+        self.calls.append(n.id)
         self.entered.set()
         await self.gate.wait()
         self.delivered.append(n)
+        self.passed.set()
 
 
 class Recorder:
@@ -72,6 +80,28 @@ class Recorder:
 
     async def on_delivery(self, n: Notification, receiver: str, outcome: str, detail: str) -> None:
         self.deliveries.append((n.id, receiver, outcome, detail))
+
+
+class FakeMonotonic:
+    """A monotonic clock that moves only when told to; callable like `time.monotonic`."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def wait_calls(notifier: Scripted, count: int) -> None:
+    """Wait (bounded by the caller) until `notifier` has been called `count` times."""
+    await until(notifier.called, lambda: len(notifier.calls) >= count)
+
+
+async def until(changed: asyncio.Event, condition: Callable[[], bool]) -> None:
+    """Wait until `condition` holds, rechecking when `changed` is set; bound it with wait_for."""
+    while not condition():
+        changed.clear()
+        await changed.wait()
 
 
 def retryable(detail: str = "HTTP 503") -> DeliveryError:
@@ -142,8 +172,9 @@ async def test_gives_up_after_the_configured_attempts(caplog: pytest.LogCaptureF
     assert (receiver, outcome) == ("fake", "failed")
     assert detail.startswith("HTTP 503 (3 attempts")
     assert svc.stats() == AlertStats(warnings_received=1, notifications=1, delivered=0, failed=1)
-    failures = [r for r in caplog.records if "failed" in r.getMessage()]
-    assert len(failures) == 1  # one log line per failure, not per attempt
+    # One line when the receiver starts failing, none per attempt or per failure.
+    (line,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert line.startswith("receiver fake failing: HTTP 503; retrying (attempt 1 of 3)")
 
 
 async def test_non_retryable_error_fails_at_once() -> None:
@@ -195,37 +226,40 @@ async def test_worker_survives_notifiers_and_hooks_that_break_their_contract(
 
 
 async def test_full_queue_makes_submit_wait_and_drops_nothing() -> None:
-    """With the queue full, submit blocks until the worker takes one; every warning arrives."""
+    """With lane and queue full, submit blocks until a slot frees; every warning arrives."""
     gated, rec = Gated(), Recorder()
     async with service([gated], rec, queue_size=1) as svc:
         await svc.submit(warning(Level.RED, fp="a"))
-        await asyncio.wait_for(gated.entered.wait(), WAIT)  # the worker holds "a"
-        await svc.submit(warning(Level.RED, fp="b"))  # fills the queue
-        third = asyncio.create_task(svc.submit(warning(Level.RED, fp="c")))
-        # A negative check needs some bound; the worker is provably stuck behind the gate.
-        done, _ = await asyncio.wait({third}, timeout=0.05)
+        await asyncio.wait_for(gated.entered.wait(), WAIT)  # the lane worker holds "a"
+        # "b" fills the lane, the book worker waits to put "c" there, "d" fills the queue.
+        for fp in "bcd":
+            await asyncio.wait_for(svc.submit(warning(Level.RED, fp=fp)), WAIT)
+        fifth = asyncio.create_task(svc.submit(warning(Level.RED, fp="e")))
+        # A negative check needs some bound; the workers are provably stuck behind the gate.
+        done, _ = await asyncio.wait({fifth}, timeout=0.05)
         assert not done
-        assert svc.stats().warnings_received == 2
+        assert svc.stats().warnings_received == 4
         gated.gate.set()
-        await asyncio.wait_for(third, WAIT)
+        await asyncio.wait_for(fifth, WAIT)
         await asyncio.wait_for(svc.drain(), WAIT)
-    assert [n.alert.fingerprint for n in gated.delivered] == ["a", "b", "c"]
-    assert svc.stats().warnings_received == 3
+    assert [n.alert.fingerprint for n in gated.delivered] == ["a", "b", "c", "d", "e"]
+    assert svc.stats().warnings_received == 5
 
 
 async def test_drain_waits_for_delivery_not_just_dequeue() -> None:
-    """drain() returns only after the in-flight notification is delivered."""
-    gated, rec = Gated(), Recorder()
-    async with service([gated], rec) as svc:
+    """drain() returns only after the in-flight notification is delivered on every lane."""
+    fast, gated, rec = Scripted("fast"), Gated(), Recorder()
+    async with service([fast, gated], rec) as svc:
         await svc.submit(warning(Level.RED))
         await asyncio.wait_for(gated.entered.wait(), WAIT)
+        await asyncio.wait_for(wait_calls(fast, 1), WAIT)  # one lane done, one busy
         drained = asyncio.create_task(svc.drain())
         done, _ = await asyncio.wait({drained}, timeout=0.05)
         assert not done
         gated.gate.set()
         await asyncio.wait_for(drained, WAIT)
         assert len(gated.delivered) == 1
-        assert svc.stats().delivered == 1
+        assert svc.stats().delivered == 2
 
 
 async def test_leaving_the_context_flushes_what_was_submitted() -> None:
@@ -246,6 +280,7 @@ async def test_leaving_gives_up_after_drain_timeout(caplog: pytest.LogCaptureFix
             await asyncio.wait_for(gated.entered.wait(), WAIT)
     assert gated.delivered == []
     assert any("unprocessed" in r.getMessage() for r in caplog.records)
+    assert svc.stats().undelivered == 1
 
 
 async def test_drain_without_a_running_worker_refuses_instead_of_hanging() -> None:
@@ -272,6 +307,8 @@ async def test_cannot_be_entered_twice() -> None:
         {"queue_size": 0},
         {"base_delay": -1.0},
         {"base_delay": 2.0, "max_delay": 1.0},
+        {"give_up_after": 0.0},
+        {"give_up_after": -1.0},
     ],
 )
 def test_rejects_nonsense_settings(kw: dict[str, float]) -> None:
@@ -284,3 +321,180 @@ def test_rejects_duplicate_receiver_names() -> None:
     """Delivery reports are keyed by receiver name, so names must be unique."""
     with pytest.raises(ValueError, match="unique"):
         service([Scripted("x"), Scripted("x")], Recorder())
+
+
+async def test_hung_receiver_does_not_delay_the_others(caplog: pytest.LogCaptureFixture) -> None:
+    """A receiver that never answers holds up only its own lane; shutdown reports what is left."""
+    console, hung, rec = Scripted("console"), Gated("hung"), Recorder()
+    count = 10
+    with caplog.at_level(logging.WARNING, logger="alerts.service"):
+        async with service([hung, console], rec, drain_timeout=0.0) as svc:
+            for i in range(count):
+                await svc.submit(warning(Level.RED, fp=f"fp-{i}"))
+            await asyncio.wait_for(wait_calls(console, count), WAIT)
+            assert console.delivered == rec.notifications
+            assert [n.alert.fingerprint for n in console.delivered] == [
+                f"fp-{i}" for i in range(count)
+            ]
+            assert len(hung.calls) == 1  # the first, still waiting for an answer
+            s = svc.stats()
+            assert (s.delivered, s.failed, s.undelivered) == (count, 0, count)
+            # hung.gate is never set: leaving gives up at once (drain_timeout=0).
+    assert svc.stats().undelivered == count
+    (line,) = [r.getMessage() for r in caplog.records if "undelivered" in r.getMessage()]
+    assert "{'hung': 10, 'console': 0}" in line
+
+
+async def test_per_receiver_order_survives_retries() -> None:
+    """Retries of one notification finish before the next starts: a receiver sees each
+    alert's changes in the order they happened, even while its retries yield the loop."""
+
+    class FailsFirstTry(Scripted):
+        def __init__(self) -> None:
+            super().__init__("flaky")
+            self.tried: set[str] = set()
+
+        async def send(self, n: Notification) -> None:
+            if n.id not in self.tried:
+                self.tried.add(n.id)
+                self.errors.append(retryable())
+            await super().send(n)
+
+    async def yielding_sleep(_delay: float) -> None:
+        for _ in range(5):
+            await asyncio.sleep(0)  # give any other delivery every chance to overtake
+
+    flaky, ok, rec = FailsFirstTry(), Scripted("ok"), Recorder()
+    steps = [(Level.ORANGE, "x"), (Level.ORANGE, "y"), (Level.RED, "x"), (Level.NONE, "x")]
+    steps += [(Level.RED, "y"), (Level.NONE, "y")]
+    async with AlertService(
+        [flaky, ok], clock=ManualClock(), sleep=yielding_sleep, on_notification=rec.on_notification
+    ) as svc:
+        for ts, (level, fp) in enumerate(steps, start=1):
+            await svc.submit(warning(level, fp=fp, ts_ms=ts))
+        await asyncio.wait_for(svc.drain(), WAIT)
+    assert len(rec.notifications) == len(steps)
+    assert flaky.delivered == ok.delivered == rec.notifications
+    assert len(flaky.calls) == 2 * len(steps)
+    assert [(n.alert.fingerprint, n.event) for n in flaky.delivered] == [
+        ("x", "firing"), ("y", "firing"), ("x", "level_changed"), ("x", "resolved"),
+        ("y", "level_changed"), ("y", "resolved"),
+    ]  # fmt: skip
+
+
+async def test_gives_up_after_the_time_cap_between_attempts() -> None:
+    """No retry starts once `give_up_after` would be exceeded, however many attempts are left."""
+    mono = FakeMonotonic()
+    delays: list[float] = []
+
+    class SlowlyFailing(Scripted):
+        async def send(self, n: Notification) -> None:
+            mono.now += 10.0  # like a webhook timing out after 10 s
+            await super().send(n)
+
+    async def sleep(delay: float) -> None:
+        delays.append(delay)
+        mono.now += delay
+
+    fake, rec = SlowlyFailing(errors=tuple(retryable() for _ in range(10))), Recorder()
+    async with AlertService(
+        [fake],
+        clock=ManualClock(),
+        attempts=10,
+        base_delay=0.0,
+        max_delay=0.0,
+        give_up_after=25.0,
+        monotonic=mono,
+        sleep=sleep,
+        on_delivery=rec.on_delivery,
+    ) as svc:
+        await svc.submit(warning(Level.RED))
+        await asyncio.wait_for(svc.drain(), WAIT)
+    assert len(fake.calls) == 3  # at 0, 10 and 20 s; a fourth would start at 30 s
+    assert delays == [0.0, 0.0]
+    ((_, receiver, outcome, detail),) = rec.deliveries
+    assert (receiver, outcome) == ("fake", "failed")
+    assert detail == "HTTP 503; gave up after 30.0 s (limit 25 s) (3 attempts, 0 ms)"
+    assert svc.stats() == AlertStats(
+        warnings_received=1, notifications=1, delivered=0, failed=1, undelivered=0
+    )
+
+
+async def test_an_attempt_unanswered_at_the_time_cap_is_abandoned() -> None:
+    """A notifier that never returns is cut off at the cap and its lane moves on."""
+    readings = [0.0, 25.0]  # the cap is used up the moment the first attempt starts
+
+    def mono() -> float:
+        return readings.pop(0) if len(readings) > 1 else readings[0]
+
+    hangs_once, rec = Gated("hangs"), Recorder()
+
+    async def send(n: Notification) -> None:
+        if not hangs_once.calls:
+            hangs_once.calls.append(n.id)
+            await hangs_once.gate.wait()  # never set
+        hangs_once.calls.append(n.id)
+        hangs_once.delivered.append(n)
+
+    hangs_once.send = send  # type: ignore[method-assign]
+    async with service([hangs_once], rec, give_up_after=25.0, monotonic=mono) as svc:
+        await svc.submit(warning(Level.RED, fp="a"))
+        await svc.submit(warning(Level.RED, fp="b"))
+        await asyncio.wait_for(svc.drain(), WAIT)
+    assert [n.alert.fingerprint for n in hangs_once.delivered] == ["b"]
+    assert [(o, d) for _, _, o, d in rec.deliveries] == [
+        ("failed", "no answer within the 25 s limit (1 attempt, 0 ms)"),
+        ("delivered", "1 attempt, 0 ms"),
+    ]
+    assert rec.delays == []
+
+
+async def test_logs_state_changes_not_every_failure(caplog: pytest.LogCaptureFixture) -> None:
+    """Five failed notifications give one WARNING; the next success gives one INFO."""
+    flaky = Scripted("webhook", errors=tuple(retryable() for _ in range(5 * 2)))
+    console, rec = Scripted("console"), Recorder()
+    with caplog.at_level(logging.DEBUG, logger="alerts.service"):
+        async with service([console, flaky], rec, attempts=2) as svc:
+            for i in range(6):
+                await svc.submit(warning(Level.RED, fp=f"fp-{i}"))
+            await asyncio.wait_for(svc.drain(), WAIT)
+            flaky.errors = [DeliveryError("webhook", "HTTP 400", retryable=False)]
+            await svc.submit(warning(Level.RED, fp="fp-6"))  # failing again: a new line
+            await asyncio.wait_for(svc.drain(), WAIT)
+
+    def lines(level: int, word: str) -> list[str]:
+        return [
+            r.getMessage() for r in caplog.records if r.levelno == level and word in r.getMessage()
+        ]
+
+    assert lines(logging.WARNING, "failing") == [
+        "receiver webhook failing: HTTP 503; retrying (attempt 1 of 2); "
+        "further failures are not logged until it recovers",
+        "receiver webhook failing: HTTP 400; dropping notification "
+        f"{rec.notifications[6].id}; further failures are not logged until it recovers",
+    ]
+    assert lines(logging.INFO, "recovered") == [
+        "receiver webhook recovered after 5 failed deliveries (10 failed attempts)"
+    ]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert svc.stats() == AlertStats(
+        warnings_received=7, notifications=7, delivered=7 + 1, failed=5 + 1, undelivered=0
+    )
+
+
+async def test_undelivered_counts_what_each_lane_still_holds() -> None:
+    """stats().undelivered counts queued and in-flight (notification, receiver) pairs."""
+    a, b, rec = Gated("a"), Gated("b"), Recorder()
+    async with service([a, b], rec) as svc:
+        for i in range(3):
+            await svc.submit(warning(Level.RED, fp=f"fp-{i}"))
+        await asyncio.wait_for(a.entered.wait(), WAIT)
+        await asyncio.wait_for(b.entered.wait(), WAIT)
+        assert svc.stats().undelivered == 2 * 3
+        a.gate.set()
+        await asyncio.wait_for(until(a.passed, lambda: len(a.delivered) == 3), WAIT)
+        assert svc.stats().undelivered == 3  # all of b's, one of them in flight
+        b.gate.set()
+        await asyncio.wait_for(svc.drain(), WAIT)
+        assert svc.stats().undelivered == 0
+        assert svc.stats().delivered == 2 * 3

@@ -20,7 +20,7 @@ from cityvitals.contract import (
 )
 from cityvitals.kinds import Kind
 from cityvitals.levels import Level
-from cityvitals.store import EmbeddedStore, StoreStats
+from cityvitals.store import EmbeddedStore, StoreError, StoreStats
 
 TS = 1_764_028_800_000
 PLACE = Placement(
@@ -234,8 +234,23 @@ async def test_flush_covers_everything_queued_before_it(tmp_path):
         assert store.stats().readings == 20
 
 
-async def test_flush_on_a_closed_store_is_a_programming_error(tmp_path):
+async def test_flush_on_a_closed_store_fails_loudly(tmp_path):
     """flush() on a store never opened fails loudly instead of waiting forever."""
     store = EmbeddedStore(tmp_path / "cv.sqlite3")
-    with pytest.raises(AssertionError, match="not open"):
+    with pytest.raises(StoreError, match="not open"):
         await store.flush()
+
+
+async def test_a_failed_commit_is_reported_not_swallowed(tmp_path):
+    """When the disk refuses a batch, flush() raises StoreError naming the failure, and
+    later writes fail fast instead of queueing rows that will never be written."""
+    path = tmp_path / "cv.sqlite3"
+    async with EmbeddedStore(path) as store:
+        # Another connection drops the table under the writer: the next commit fails.
+        with sqlite3.connect(path) as other:
+            other.execute("DROP TABLE readings")
+        await store.write_reading(reading(), PLACE, TS)
+        with pytest.raises(StoreError, match="commit failed"):
+            await store.flush()
+        with pytest.raises(StoreError, match="writer failed"):
+            await store.write_reading(reading(seq=2), PLACE, TS)

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 
 from cityvitals.citygen import generate_city
+from cityvitals.config import BrokerSettings
 from cityvitals.contract import Reading, validate_reading
 from cityvitals.kinds import Kind
 from cityvitals.levels import Level
-from edge.publisher import BrokerSettings
 from edge.simulate import DAY_S, NodeSimulator, Scenario
 from stream.engine import NodeState, RuleEngine
 

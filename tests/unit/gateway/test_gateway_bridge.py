@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 
 from cityvitals.citygen import generate_city
 from cityvitals.clock import ManualClock
+from cityvitals.config import BrokerSettings
 from cityvitals.contract import DeadLetter, Reason, decode_enriched
 from cityvitals.kinds import Kind
-from edge.publisher import BrokerSettings
 from gateway.bridge import Gateway
 
 CITY = generate_city(nodes=40, districts=3, seed=11)

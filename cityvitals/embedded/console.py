@@ -13,7 +13,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from cityvitals.demo import DemoOptions, DemoResult, install_signal_handlers, run_demo
+from alerts.notify import Notifier
+from cityvitals.embedded.demo import DemoOptions, DemoResult, install_signal_handlers, run_demo
 from cityvitals.levels import WARNING_LEVELS, Level
 
 log = logging.getLogger("cityvitals.demo")
@@ -29,10 +30,10 @@ PLAIN_PROGRESS_EVERY_S = 10.0
 
 
 @contextlib.asynccontextmanager
-async def _notifiers(options: DemoOptions, console: Console) -> AsyncIterator[list]:  # type: ignore[type-arg]
+async def _notifiers(options: DemoOptions, console: Console) -> AsyncIterator[list[Notifier]]:
     from alerts.notify import ConsoleNotifier, WebhookNotifier
 
-    notifiers: list = [ConsoleNotifier(lambda line: console.print(Text(line)))]  # type: ignore[type-arg]
+    notifiers: list[Notifier] = [ConsoleNotifier(lambda line: console.print(Text(line)))]
     if options.webhook_url is None:
         yield notifiers
         return
@@ -47,8 +48,8 @@ async def run_with_console(options: DemoOptions, console: Console) -> DemoResult
     stop = asyncio.Event()
     install_signal_handlers(stop)
     console.print(
-        f"[bold]cityvitals demo[/]: {options.nodes} nodes, a simulated day in "
-        f"{options.duration_s:.0f} s, data in {options.data_dir}/"
+        f"[bold]cityvitals demo[/]: a simulated day in {options.duration_s:.0f} s, "
+        f"data in {options.data_dir}/"
     )
     async with _notifiers(options, console) as notifiers:
         if console.is_terminal:
@@ -81,9 +82,14 @@ def print_summary(result: DemoResult, console: Console) -> None:
     table.add_row(
         "readings published", f"{result.published:,} ({rate:,.0f}/s over {result.elapsed_s:.1f} s)"
     )
+    table.add_row("acknowledged by broker", f"{result.acknowledged:,}")
     table.add_row("readings stored", f"{result.stored:,}")
     lost = f"[red]{result.missing:,} LOST[/]" if result.missing else "[green]0 lost[/]"
     table.add_row("lost", lost + ("" if result.settled else " [red](pipeline did not settle)[/]"))
+    if result.missing_keys:
+        shown = ", ".join(f"{node}#{seq}" for node, seq in result.missing_keys[:10])
+        more = result.missing - min(10, len(result.missing_keys))
+        table.add_row("lost readings", shown + (f" and {more:,} more" if more > 0 else ""))
     table.add_row("duplicates dropped", f"{result.duplicates:,}")
     table.add_row("dead letters", f"{result.dead_letters:,}")
     table.add_row(
@@ -96,7 +102,8 @@ def print_summary(result: DemoResult, console: Console) -> None:
     table.add_row(
         "alerts",
         f"{result.notifications} notifications, {result.delivered} deliveries"
-        + (f", [red]{result.failed_deliveries} failed[/]" if result.failed_deliveries else ""),
+        + (f", [red]{result.failed_deliveries} failed[/]" if result.failed_deliveries else "")
+        + (f", [red]{result.undelivered} never delivered[/]" if result.undelivered else ""),
     )
     for check in result.incidents:
         mark = "[green]ok[/]" if check.ok else "[red]MISSED[/]"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
@@ -25,17 +26,23 @@ from alerts.model import Notification
 from alerts.notify import Notifier
 from alerts.service import AlertService
 from cityvitals.clock import Clock, SystemClock
+from cityvitals.config import BrokerSettings
 from cityvitals.contract import Warning
+from cityvitals.errors import CityvitalsError
 from cityvitals.levels import Level
 from cityvitals.registry import Registry
 from cityvitals.store import EmbeddedStore
-from edge.publisher import BrokerSettings
 from gateway.bridge import Gateway
 from gateway.embedded_broker import EmbeddedBroker
 from stream.agents import ReadingPipeline
 from stream.app import create_embedded_app
 
 log = logging.getLogger(__name__)
+
+
+class BrokerUnreachableError(CityvitalsError):
+    """The gateway could not connect and subscribe to the MQTT broker."""
+
 
 STORE_FILE = "cityvitals.sqlite3"
 DeliveryHook = Callable[[Notification, str, str, str], Awaitable[None]]
@@ -53,6 +60,7 @@ class PipelineCounts:
     notifications: int
     delivered: int
     failed: int
+    undelivered: int
     active: dict[Level, int]
 
 
@@ -69,6 +77,7 @@ class EmbeddedPipeline:
         clock: Clock | None = None,
         fresh_store: bool = True,
         on_delivery: DeliveryHook | None = None,
+        connect_timeout: float = 15.0,
     ) -> None:
         self.registry = registry
         self.data_dir = data_dir
@@ -77,6 +86,7 @@ class EmbeddedPipeline:
         self._clock = clock or SystemClock()
         self._fresh = fresh_store
         self._on_delivery_hook = on_delivery
+        self._connect_timeout = connect_timeout
         self._stack = AsyncExitStack()
         self._active: dict[str, Level] = {}
         self.broker: BrokerSettings = mqtt or BrokerSettings()
@@ -131,9 +141,18 @@ class EmbeddedPipeline:
                 forward=self.stream.send,
                 dead_letter=self.store.write_dead_letter,
                 clock=self._clock,
+                # One session per run: a persistent session left on an
+                # external broker by an earlier run must not feed this one.
+                client_id=f"cv-gateway-{uuid.uuid4().hex[:12]}",
             )
         )
-        await asyncio.wait_for(self.gateway.wait_subscribed(), timeout=30)
+        try:
+            await asyncio.wait_for(self.gateway.wait_subscribed(), timeout=self._connect_timeout)
+        except TimeoutError:
+            raise BrokerUnreachableError(
+                f"cannot reach the MQTT broker at {self.broker.host}:{self.broker.port} "
+                f"within {self._connect_timeout:.0f} s: {self.gateway.last_error or 'no answer'}"
+            ) from None
 
     async def _stop_app(self) -> None:
         await self._app.stop()
@@ -199,5 +218,6 @@ class EmbeddedPipeline:
             notifications=a.notifications,
             delivered=a.delivered,
             failed=a.failed,
+            undelivered=a.undelivered,
             active=dict(Counter(self._active.values())),
         )

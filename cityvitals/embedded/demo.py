@@ -14,19 +14,20 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cityvitals.citygen import generate_city
 from cityvitals.clock import SystemClock
+from cityvitals.embedded.pipeline import EmbeddedPipeline, PipelineCounts
 from cityvitals.levels import WARNING_LEVELS, Level
-from cityvitals.pipeline import EmbeddedPipeline, PipelineCounts
 from cityvitals.registry import Registry
 from cityvitals.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
+    from alerts.notify import Notifier
     from edge.simulate import Scenario
 
 log = logging.getLogger("cityvitals.demo")
@@ -49,6 +50,8 @@ class DemoOptions:
     #: whole simulated day lies in the past.
     day_start_ms: int | None = None
     drain_timeout_s: float = 120.0
+    #: Give up draining when nothing at all has moved for this long.
+    stall_timeout_s: float = 30.0
     quiet: bool = False  # True: no scripted incidents, only normal life
 
 
@@ -66,7 +69,8 @@ class IncidentCheck:
 
 @dataclass(frozen=True)
 class DemoResult:
-    published: int
+    published: int  # readings the simulated nodes took and handed to the edge publisher
+    acknowledged: int  # of those, acknowledged by the broker
     stored: int
     missing: int
     dead_letters: int
@@ -75,6 +79,7 @@ class DemoResult:
     notifications: int
     delivered: int
     failed_deliveries: int
+    undelivered: int
     incidents: tuple[IncidentCheck, ...]
     unexpected: tuple[tuple[str, str, Level], ...]
     elapsed_s: float
@@ -107,7 +112,7 @@ def load_city(options: DemoOptions) -> Registry:
 async def run_demo(
     options: DemoOptions,
     *,
-    notifiers: list | None = None,  # type: ignore[type-arg]
+    notifiers: Sequence[Notifier] = (),
     stop: asyncio.Event | None = None,
     progress: ProgressHook | None = None,
     on_ready: ReadyHook | None = None,
@@ -119,13 +124,19 @@ async def run_demo(
     `on_ack(node, seq)` sees each reading the broker acknowledged (benchmarks
     time from there).
     """
+    from cityvitals.config import BrokerSettings
     from edge.buffer import Outbound
     from edge.fleet import SimulatedFleet
-    from edge.publisher import BrokerSettings
     from edge.simulate import Scenario
 
     stop = stop or asyncio.Event()
     city = load_city(options)
+    log.info(
+        "city: %d nodes in %d districts (%s)",
+        len(city),
+        len(city.districts()),
+        options.registry_path or f"generated, seed {options.seed}",
+    )
     scenario = Scenario.quiet() if options.quiet else Scenario.default(city, seed=options.seed)
     clock = SystemClock()
     day_start = options.day_start_ms
@@ -144,7 +155,7 @@ async def run_demo(
     mqtt = BrokerSettings.from_url(options.mqtt_url) if options.mqtt_url else None
     began = time.monotonic()
     async with EmbeddedPipeline(
-        city, data_dir=options.data_dir, notifiers=notifiers or [], mqtt=mqtt, clock=clock
+        city, data_dir=options.data_dir, notifiers=notifiers, mqtt=mqtt, clock=clock
     ) as pipeline:
         if on_ready is not None:
             await on_ready(pipeline)
@@ -160,16 +171,13 @@ async def run_demo(
         )
         reporter = asyncio.create_task(_report(pipeline, fleet, progress, began))
         try:
-            await fleet.run(stop)
-            try:
-                async with asyncio.timeout(options.drain_timeout_s):
-                    await pipeline.drain(telemetry=len(acked))
-                settled = True
-            except TimeoutError:
-                # An expected outcome, reported in the summary: no traceback.
-                log.error("pipeline did not settle in %.0f s", options.drain_timeout_s)  # noqa: TRY400
-                await pipeline.flush()
-                settled = False
+            await fleet.run(stop, flush_timeout=options.drain_timeout_s)
+            settled = await _settle(
+                pipeline,
+                telemetry=len(acked),
+                limit_s=options.drain_timeout_s,
+                stall_s=options.stall_timeout_s,
+            )
         finally:
             await cancel_and_wait(reporter)
         counts = pipeline.counts()
@@ -179,6 +187,7 @@ async def run_demo(
         options,
         pipeline,
         scenario=scenario,
+        taken=fleet.submitted_keys(),
         acked=acked,
         counts=counts,
         elapsed=elapsed,
@@ -187,11 +196,45 @@ async def run_demo(
     )
 
 
+async def _settle(
+    pipeline: EmbeddedPipeline, *, telemetry: int, limit_s: float, stall_s: float
+) -> bool:
+    """Drain the pipeline; give up when nothing has moved for `stall_s` or after `limit_s`.
+
+    Giving up is an outcome the summary reports (what was not stored is
+    listed as lost), not an error: so no traceback.
+    """
+    drain = asyncio.ensure_future(pipeline.drain(telemetry=telemetry))
+    began = last_change = time.monotonic()
+    last: tuple[int, ...] = ()
+    try:
+        while not drain.done():
+            await asyncio.wait({drain}, timeout=1.0)
+            c = pipeline.counts()
+            mark = (c.received, c.processed, c.notifications, c.delivered, c.failed)
+            now = time.monotonic()
+            if mark != last:
+                last, last_change = mark, now
+            elif now - last_change >= stall_s:
+                log.error("pipeline stalled: nothing moved for %.0f s; giving up", stall_s)
+                return False
+            if now - began >= limit_s:
+                log.error("pipeline did not settle in %.0f s; giving up", limit_s)
+                return False
+        drain.result()
+        return True
+    finally:
+        if not drain.done():
+            await cancel_and_wait(drain)
+            await pipeline.flush()
+
+
 def _result(
     options: DemoOptions,
     pipeline: EmbeddedPipeline,
     *,
     scenario: Scenario,
+    taken: set[tuple[str, int]],
     acked: set[tuple[str, int]],
     counts: PipelineCounts,
     elapsed: float,
@@ -200,7 +243,9 @@ def _result(
 ) -> DemoResult:
     store = pipeline.store
     stored_keys = store.reading_keys()
-    missing = sorted(acked - stored_keys)
+    # Lost is counted from what the nodes took, not from what the broker
+    # acknowledged: a reading stuck in an edge buffer is lost all the same.
+    missing = sorted(taken - stored_keys)
     warnings = store.warnings()
     raised: dict[Level, int] = dict.fromkeys(WARNING_LEVELS, 0)
     peak: dict[tuple[str, str], Level] = {}
@@ -220,8 +265,9 @@ def _result(
         if (node, rule) not in expected_keys
     )
     return DemoResult(
-        published=len(acked),
-        stored=len(stored_keys & acked),
+        published=len(taken),
+        acknowledged=len(acked),
+        stored=len(stored_keys & taken),
         missing=len(missing),
         dead_letters=store.stats().dead_letters,
         duplicates=counts.duplicates,
@@ -229,6 +275,7 @@ def _result(
         notifications=counts.notifications,
         delivered=counts.delivered,
         failed_deliveries=counts.failed,
+        undelivered=counts.undelivered,
         incidents=checks,
         unexpected=unexpected,
         elapsed_s=elapsed,
@@ -258,7 +305,7 @@ async def _report(
         hh, mm = divmod(int(f.sim_time_s // 60), 60)
         active = " ".join(f"{lv.label} {c.active.get(lv, 0)}" for lv in WARNING_LEVELS)
         progress(
-            f"sim {hh:02d}:{mm:02d}  published {f.acked:,}  stored {c.processed:,}  "
+            f"sim {hh:02d}:{mm:02d}  published {f.acked:,}  processed {c.processed:,}  "
             f"{rate:,.0f} readings/s  active warnings: {active}  "
             f"dead letters {c.dead_letters}  alerts {c.notifications}  "
             f"[{now - began:.0f}s]"
