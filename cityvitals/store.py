@@ -241,9 +241,13 @@ class EmbeddedStore:
         # Full: wait for room, but not on a writer that has died meanwhile.
         put = asyncio.ensure_future(self._queue.put((table, row)))
         waiting: set[asyncio.Future[Any]] = {put, writer}
-        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-        if not put.done():
+        try:
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            # Also when we are cancelled: a put left behind would queue the
+            # row after our caller was told it failed.
             put.cancel()
+        if not put.done() or put.cancelled():
             self._check_writer()
 
     async def flush(self) -> None:

@@ -160,11 +160,14 @@ class SimulatedFleet:
         # or for the operator to give up, whichever comes first.
         put = asyncio.ensure_future(publisher.submit(reading))
         stopped = asyncio.ensure_future(stop.wait())
-        await asyncio.wait({put, stopped}, return_when=asyncio.FIRST_COMPLETED)
-        stopped.cancel()
-        if put.done():
+        try:
+            await asyncio.wait({put, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            if not put.done():
+                put.cancel()
+        if put.done() and not put.cancelled():
             return True
-        put.cancel()
         log.warning("fleet: stopped while %s's buffer was full", publisher.agent_id)
         return False
 
@@ -179,7 +182,8 @@ class SimulatedFleet:
             if not stop.is_set():
                 either: set[asyncio.Future[Any]] = {flushes, stopped}
                 await asyncio.wait(either, timeout=limit_s, return_when=asyncio.FIRST_COMPLETED)
-            if not flushes.done():
+            if stop.is_set() and not flushes.done():
+                # Stopped by the operator: a short grace for what is in flight.
                 await asyncio.wait({flushes}, timeout=grace)
         finally:
             stopped.cancel()

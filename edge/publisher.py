@@ -33,6 +33,9 @@ from edge.buffer import MemoryBuffer, Outbound, OutboundBuffer
 
 log = logging.getLogger(__name__)
 
+#: How long a stopping agent tries to publish its nodes' offline status.
+GOODBYE_TIMEOUT_S = 5.0
+
 
 @dataclass(frozen=True, slots=True)
 class PublisherStats:
@@ -248,7 +251,13 @@ class EdgePublisher:
             while True:
                 take = asyncio.ensure_future(self._buffer.take(self._window))
                 waiting: set[asyncio.Future[Any]] = {take, failure}
-                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                try:
+                    await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                except BaseException:
+                    # Cancelled: take() marks messages in flight only when it
+                    # returns, so cancelling it here loses nothing.
+                    take.cancel()
+                    raise
                 if not take.done():
                     take.cancel()
                     raise failure.result()
@@ -285,9 +294,15 @@ class EdgePublisher:
             )
 
     async def _say_goodbye(self) -> None:
-        # A short-lived connection of its own: the pump's may already be gone.
+        """Retained "offline" for each node, on a short-lived connection of its own
+        (the pump's is gone), and bounded: stopping must not hang on a dead broker."""
+        if not self._connected.is_set():
+            log.warning(
+                "agent %s stopping while disconnected: offline status not published", self.agent_id
+            )
+            return
         try:
-            async with self._client() as client:
+            async with asyncio.timeout(GOODBYE_TIMEOUT_S), self._client() as client:
                 for node, kind in self.nodes:
                     await client.publish(
                         status_topic(kind, node),
@@ -295,5 +310,5 @@ class EdgePublisher:
                         qos=1,
                         retain=True,
                     )
-        except aiomqtt.MqttError as exc:
-            log.warning("agent %s could not publish offline status: %s", self.agent_id, exc)
+        except (aiomqtt.MqttError, TimeoutError) as exc:
+            log.warning("agent %s could not publish offline status: %r", self.agent_id, exc)

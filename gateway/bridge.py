@@ -72,6 +72,8 @@ class GatewayStats:
     events: int
     dead_letters: int
     by_reason: dict[str, int]
+    #: Messages neither forwarded nor dead-lettered because both sinks failed.
+    lost: int = 0
 
 
 class Gateway:
@@ -90,6 +92,7 @@ class Gateway:
         dedup: SeqWindow | None = None,
         backoff: tuple[float, float] = (0.2, 10.0),
         rng: random.Random | None = None,
+        on_forwarded: Callable[[str, int], None] | None = None,
     ) -> None:
         self.broker = broker
         self._forward = forward
@@ -100,6 +103,7 @@ class Gateway:
         self._dedup = dedup or SeqWindow()
         self._backoff = backoff
         self._rng = rng or random.Random()
+        self._on_forwarded = on_forwarded
         self._task: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
         self._counts: Counter[str] = Counter()
@@ -122,12 +126,13 @@ class Gateway:
         await cancel_and_wait(self._task)
         s = self.stats()
         log.info(
-            "gateway stopped: %d received, %d forwarded, %d duplicates, %d dead letters %s",
+            "gateway stopped: %d received, %d forwarded, %d duplicates, %d dead letters %s%s",
             s.received,
             s.forwarded,
             s.duplicates,
             s.dead_letters,
             dict(s.by_reason) or "",
+            f"; {self.backlog} received but never handled" if self.backlog else "",
         )
 
     async def wait_subscribed(self) -> None:
@@ -149,6 +154,7 @@ class Gateway:
             events=c["event"],
             dead_letters=c["dead_letter"],
             by_reason=dict(self._reasons),
+            lost=c["lost"],
         )
 
     async def _run(self) -> None:
@@ -222,7 +228,7 @@ class Gateway:
         self._subscribed.clear()
 
     async def handle(self, topic: str, payload: bytes) -> None:
-        """Process one message; never raises for bad input."""
+        """Process one message; never raises, whatever the input or the sinks do."""
         self._counts["received"] += 1
         try:
             parsed = self._validator.topic(topic)
@@ -236,13 +242,24 @@ class Gateway:
                 self._validator.event(parsed, payload)
                 self._counts["event"] += 1
         except ContractError as exc:
-            await self._refuse(topic, payload, Reason(exc.reason), exc.detail)
+            reason, detail = Reason(exc.reason), exc.detail
         except Exception as exc:
             # A bug of ours or a failing stream: keep the bytes with the reason
             # (the first time with a traceback) instead of losing the message.
-            if not self._reasons[Reason.INTERNAL.value]:
+            if not self._counts["internal_logged"]:
+                self._counts["internal_logged"] = 1
                 log.exception("gateway: internal error on %s", topic)
-            await self._refuse(topic, payload, Reason.INTERNAL, f"{type(exc).__name__}: {exc}")
+            reason, detail = Reason.INTERNAL, f"{type(exc).__name__}: {exc}"
+        else:
+            return
+        try:
+            await self._refuse(topic, payload, reason, detail)
+        except Exception:
+            # Not even the dead-letter sink works (a failed store): count the
+            # loss where operators see it, log once, keep consuming.
+            self._counts["lost"] += 1
+            if self._counts["lost"] == 1:
+                log.exception("gateway: dead-letter sink failed; messages are being lost")
 
     async def _telemetry(self, topic: Topic, payload: bytes) -> None:
         reading, device = self._validator.telemetry(topic, payload)
@@ -259,11 +276,12 @@ class Gateway:
         await self._forward(reading.node.encode(), encode(envelope))
         self._counts["forwarded"] += 1
         self._forwarded.set()
+        if self._on_forwarded is not None:
+            self._on_forwarded(reading.node, reading.seq)
 
     async def _refuse(self, topic: str, payload: bytes, reason: Reason, detail: str) -> None:
-        self._counts["dead_letter"] += 1
-        self._reasons[reason.value] += 1
-        if self._reasons[reason.value] == 1:
+        first = not self._reasons[reason.value]
+        if first:
             # One line per new kind of trouble, not one per message.
             log.warning("gateway: first dead letter for %s on %s: %s", reason.value, topic, detail)
         await self._dead_letter(
@@ -278,6 +296,9 @@ class Gateway:
                 payload_size=len(payload),
             )
         )
+        # Counted once stored: the counts must add up to what was received.
+        self._counts["dead_letter"] += 1
+        self._reasons[reason.value] += 1
 
 
 def _payload_bytes(payload: object) -> bytes:

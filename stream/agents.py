@@ -8,8 +8,8 @@ Rule state is a mapping of node id to encoded `NodeState`. The embedded mode
 passes a plain dict: there is nothing durable to recover from in one process,
 and a faust Table without Kafka would queue a changelog record per reading
 that no producer ever sends (memory growing with every reading). The
-distributed mode passes a faust Table, whose Kafka changelog lets a restarted
-or rebalanced worker resume.
+distributed mode (issue 4) is meant to pass a faust Table here, whose Kafka
+changelog lets a restarted or rebalanced worker resume.
 
 Per-node order matters for hysteresis, so the agent runs with concurrency 1
 (in the distributed mode, partitions keyed by node keep order per node).

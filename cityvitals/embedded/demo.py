@@ -50,8 +50,10 @@ class DemoOptions:
     #: whole simulated day lies in the past.
     day_start_ms: int | None = None
     drain_timeout_s: float = 120.0
-    #: Give up draining when nothing at all has moved for this long.
-    stall_timeout_s: float = 30.0
+    #: Give up draining when nothing at all has moved for this long. Longer than
+    #: the alert service gives a dead receiver (pipeline.DELIVERY_GIVE_UP_S),
+    #: so a hung webhook is reported as failed deliveries, not as a stall.
+    stall_timeout_s: float = 45.0
     quiet: bool = False  # True: no scripted incidents, only normal life
 
 
@@ -174,7 +176,7 @@ async def run_demo(
             await fleet.run(stop, flush_timeout=options.drain_timeout_s)
             settled = await _settle(
                 pipeline,
-                telemetry=len(acked),
+                expected=acked,
                 limit_s=options.drain_timeout_s,
                 stall_s=options.stall_timeout_s,
             )
@@ -197,14 +199,14 @@ async def run_demo(
 
 
 async def _settle(
-    pipeline: EmbeddedPipeline, *, telemetry: int, limit_s: float, stall_s: float
+    pipeline: EmbeddedPipeline, *, expected: set[tuple[str, int]], limit_s: float, stall_s: float
 ) -> bool:
     """Drain the pipeline; give up when nothing has moved for `stall_s` or after `limit_s`.
 
     Giving up is an outcome the summary reports (what was not stored is
     listed as lost), not an error: so no traceback.
     """
-    drain = asyncio.ensure_future(pipeline.drain(telemetry=telemetry))
+    drain = asyncio.ensure_future(pipeline.drain(expected=expected))
     began = last_change = time.monotonic()
     last: tuple[int, ...] = ()
     try:

@@ -45,6 +45,9 @@ class BrokerUnreachableError(CityvitalsError):
 
 
 STORE_FILE = "cityvitals.sqlite3"
+#: A receiver that has not taken a notification in this long is given up on
+#: for it (recorded as failed): a demo must not hang on a dead webhook.
+DELIVERY_GIVE_UP_S = 20.0
 DeliveryHook = Callable[[Notification, str, str, str], Awaitable[None]]
 
 
@@ -89,6 +92,12 @@ class EmbeddedPipeline:
         self._connect_timeout = connect_timeout
         self._stack = AsyncExitStack()
         self._active: dict[str, Level] = {}
+        # Which (node, seq) the gateway forwarded: the demo's drain waits for
+        # exactly the readings it published, not for a count that strangers
+        # on a shared broker could make up.
+        self._forwarded_keys: set[tuple[str, int]] = set()
+        self._awaiting: set[tuple[str, int]] = set()
+        self._all_forwarded = asyncio.Event()
         self.broker: BrokerSettings = mqtt or BrokerSettings()
         self.store: EmbeddedStore
         self.alerts: AlertService
@@ -121,6 +130,7 @@ class EmbeddedPipeline:
                 self._notifiers,
                 clock=self._clock,
                 on_delivery=self._record_delivery,
+                give_up_after=DELIVERY_GIVE_UP_S,
             )
         )
         app = create_embedded_app(self.data_dir)
@@ -144,6 +154,7 @@ class EmbeddedPipeline:
                 # One session per run: a persistent session left on an
                 # external broker by an earlier run must not feed this one.
                 client_id=f"cv-gateway-{uuid.uuid4().hex[:12]}",
+                on_forwarded=self._note_forwarded,
             )
         )
         try:
@@ -189,13 +200,24 @@ class EmbeddedPipeline:
         if self._on_delivery_hook is not None:
             await self._on_delivery_hook(n, receiver, outcome, detail)
 
-    async def drain(self, *, telemetry: int) -> None:
-        """Wait until `telemetry` distinct readings went through every stage.
+    def _note_forwarded(self, node: str, seq: int) -> None:
+        key = (node, seq)
+        self._forwarded_keys.add(key)
+        if key in self._awaiting:
+            self._awaiting.discard(key)
+            if not self._awaiting:
+                self._all_forwarded.set()
+
+    async def drain(self, *, expected: set[tuple[str, int]]) -> None:
+        """Wait until every reading in `expected` went through every stage.
 
         Bound it with `asyncio.timeout`; on timeout, `flush()` and report
         what is missing rather than hide it.
         """
-        await self.gateway.wait_forwarded(telemetry)
+        self._awaiting = expected - self._forwarded_keys
+        if self._awaiting:
+            self._all_forwarded.clear()
+            await self._all_forwarded.wait()
         await self.stream.wait_processed(self.gateway.stats().forwarded)
         await self.alerts.drain()
         await self.store.flush()

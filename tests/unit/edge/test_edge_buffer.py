@@ -80,3 +80,13 @@ def test_maxsize_must_be_positive():
     """A zero-sized buffer is a configuration error, not a silent drop-everything."""
     with pytest.raises(ValueError, match="maxsize"):
         MemoryBuffer(maxsize=0)
+
+
+async def test_publisher_flush_refuses_when_not_running():
+    """flush() on a publisher that is not running fails at once instead of waiting forever."""
+    from cityvitals.config import BrokerSettings
+    from edge.publisher import EdgePublisher
+
+    publisher = EdgePublisher(BrokerSettings(port=1), agent_id="a1", nodes=[])
+    with pytest.raises(RuntimeError, match="not running"):
+        await publisher.flush()

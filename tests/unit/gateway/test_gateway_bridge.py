@@ -195,3 +195,43 @@ async def test_garbage_never_stops_the_gateway_and_every_message_is_accounted_fo
     for letter in out.dead:
         assert isinstance(letter.reason, Reason)
         msgspec.json.encode(letter)  # every dead letter is itself storable
+
+
+async def test_a_failing_stream_dead_letters_the_reading_instead_of_losing_it():
+    """If forwarding raises (our bug or a broken stream), the valid reading is kept as an
+    internal_error dead letter with its bytes, and the gateway goes on."""
+    out = Collected()
+
+    async def broken_forward(key: bytes, value: bytes) -> None:
+        raise RuntimeError("stream is down")
+
+    gw = Gateway(
+        BrokerSettings(),
+        CITY,
+        forward=broken_forward,
+        dead_letter=out.dead_letter,
+        clock=ManualClock(TS / 1000),
+    )
+    payload = reading(7)
+    await gw.handle(TOPIC, payload)
+    (letter,) = out.dead
+    assert letter.reason is Reason.INTERNAL
+    assert letter.payload == payload
+    assert "stream is down" in letter.detail
+    assert gw.stats().by_reason == {"internal_error": 1}
+
+
+async def test_when_every_sink_fails_the_loss_is_counted_and_handle_still_returns():
+    """With both the stream and the dead-letter sink failing, nothing can keep the message:
+    handle() still returns and the loss shows in the stats instead of vanishing."""
+
+    async def broken(*_: object) -> None:
+        raise OSError("disk full")
+
+    gw = Gateway(
+        BrokerSettings(), CITY, forward=broken, dead_letter=broken, clock=ManualClock(TS / 1000)
+    )
+    await gw.handle(TOPIC, reading(1))
+    await gw.handle(TOPIC, b"{garbage")
+    s = gw.stats()
+    assert (s.received, s.forwarded, s.dead_letters, s.lost) == (2, 0, 0, 2)
