@@ -6,20 +6,14 @@ import asyncio
 
 import msgspec
 
-from cityvitals.contract import EnrichedReading, Placement, Reading, Warning, encode
+from cityvitals.contract import EnrichedReading, Reading, Warning, encode
 from cityvitals.kinds import Kind
 from cityvitals.levels import Level
 from stream.agents import ReadingPipeline
 from stream.app import create_embedded_app
+from tests.factories import PLACE
 
-WHERE = Placement(
-    district="Harbour",
-    street="Dockside Street",
-    grid="HB-101",
-    unit="Harbour Drainage Office",
-    lat=31.2,
-    lon=121.5,
-)
+WHERE = PLACE
 
 
 class Sink:

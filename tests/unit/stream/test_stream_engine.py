@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-from cityvitals.contract import Placement, Reading, decode_warning, encode
+from cityvitals.contract import Reading, decode_warning, encode
 from cityvitals.kinds import Kind
 from cityvitals.levels import Level
 from stream.engine import NodeState, RuleEngine, decode_state, encode_state
+from tests.factories import PLACE
 
-WHERE = Placement(
-    district="Old Town",
-    street="Drum Tower Street",
-    grid="OT-201",
-    unit="Old Town Fire Brigade",
-    lat=31.2,
-    lon=121.4,
-)
+WHERE = PLACE
 T0 = 1_764_028_800_000
 
 
