@@ -114,7 +114,7 @@ class SimulatedFleet:
                 publisher = EdgePublisher(
                     self.broker,
                     agent_id=agent,
-                    nodes=[(n, self.city.get(n).kind) for n in nodes],  # type: ignore[union-attr]
+                    nodes=[(n, self._sims[n].device.kind) for n in nodes],
                     on_ack=self._count_ack,
                     buffer=MemoryBuffer(maxsize=self._buffer_size),
                 )

@@ -19,7 +19,7 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 import aiomqtt
 
@@ -273,12 +273,12 @@ class EdgePublisher:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    def _status(self, node: str, kind: Kind, state: str) -> NodeStatus:
+    def _status(self, node: str, kind: Kind, state: Literal["online", "offline"]) -> NodeStatus:
         return NodeStatus(
             v=CONTRACT_VERSION,
             node=node,
             kind=kind,
-            state=state,  # type: ignore[arg-type]
+            state=state,
             ts_ms=self._clock.now_ms(),
             agent=self.agent_id,
             uptime_s=(self._clock.now_ms() - self._started_ms) / 1000,

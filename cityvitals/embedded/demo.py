@@ -28,6 +28,7 @@ from cityvitals.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from alerts.notify import Notifier
+    from edge.fleet import SimulatedFleet
     from edge.simulate import Scenario
 
 log = logging.getLogger("cityvitals.demo")
@@ -289,7 +290,7 @@ def _result(
 
 
 async def _report(
-    pipeline: EmbeddedPipeline, fleet: object, progress: ProgressHook | None, began: float
+    pipeline: EmbeddedPipeline, fleet: SimulatedFleet, progress: ProgressHook | None, began: float
 ) -> None:
     """Feed the progress line a few times a second (readings/s over the last second)."""
     if progress is None:
@@ -300,7 +301,7 @@ async def _report(
         await asyncio.sleep(0.25)
         now = time.monotonic()
         c = pipeline.counts()
-        f = fleet.progress()  # type: ignore[attr-defined]
+        f = fleet.progress()
         if now - last_time >= 1.0:
             rate = (c.processed - last_count) / (now - last_time)
             last_count, last_time = c.processed, now
