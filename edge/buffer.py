@@ -52,11 +52,6 @@ class OutboundBuffer(Protocol):
         """Messages not yet acknowledged, queued or in flight."""
         ...
 
-    @property
-    def in_flight(self) -> int:
-        """Messages handed to the publisher and not yet acknowledged."""
-        ...
-
     async def wait_empty(self) -> None:
         """Return once every message put so far has been acknowledged."""
         ...

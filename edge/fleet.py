@@ -81,10 +81,6 @@ class SimulatedFleet:
         self._acked = 0
         self._announced: set[str] = set()
 
-    @property
-    def agents(self) -> dict[str, list[str]]:
-        return dict(self._agents)
-
     def progress(self) -> FleetProgress:
         return FleetProgress(
             sim_time_s=self._ticks_done * self.interval_s,

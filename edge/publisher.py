@@ -17,7 +17,6 @@ import asyncio
 import logging
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal, Self
 
@@ -35,15 +34,6 @@ log = logging.getLogger(__name__)
 
 #: How long a stopping agent tries to publish its nodes' offline status.
 GOODBYE_TIMEOUT_S = 5.0
-
-
-@dataclass(frozen=True, slots=True)
-class PublisherStats:
-    queued: int
-    in_flight: int
-    acked: int
-    resent: int
-    connections: int
 
 
 class EdgePublisher:
@@ -79,8 +69,6 @@ class EdgePublisher:
         self._rng = rng or random.Random()
         self._pump: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
-        self._acked = 0
-        self._resent = 0
         self._connections = 0
         self._reported_unreachable = False
         self._started_ms = 0
@@ -103,9 +91,6 @@ class EdgePublisher:
         if left:
             log.warning("agent %s stopped with %d readings not acknowledged", self.agent_id, left)
         await self._say_goodbye()
-
-    async def wait_connected(self) -> None:
-        await self._connected.wait()
 
     # -- publishing ------------------------------------------------------------
 
@@ -143,16 +128,6 @@ class EdgePublisher:
     def pending(self) -> int:
         """Readings not yet acknowledged by the broker."""
         return len(self._buffer)
-
-    def stats(self) -> PublisherStats:
-        in_flight = self._buffer.in_flight
-        return PublisherStats(
-            queued=len(self._buffer) - in_flight,
-            in_flight=in_flight,
-            acked=self._acked,
-            resent=self._resent,
-            connections=self._connections,
-        )
 
     # -- the connection loop ---------------------------------------------------
 
@@ -204,7 +179,6 @@ class EdgePublisher:
         was_connected = self._connected.is_set()
         self._connected.clear()
         back = self._buffer.requeue_in_flight()
-        self._resent += back
         if was_connected:
             log.warning(
                 "agent %s lost the broker (%s); %d unacknowledged readings requeued",
@@ -243,7 +217,6 @@ class EdgePublisher:
             finally:
                 slots.release()
             self._buffer.ack(message)
-            self._acked += 1
             if self._on_ack is not None:
                 self._on_ack(message)
 

@@ -110,6 +110,7 @@ class Gateway:
         self._reasons: Counter[str] = Counter()
         self._forwarded = asyncio.Event()
         self._inbox: asyncio.Queue[aiomqtt.Message] = asyncio.Queue()
+        self._internal_error_logged = False
         #: The last connection failure, for operators and start-up errors.
         self.last_error: Exception | None = None
 
@@ -246,8 +247,8 @@ class Gateway:
         except Exception as exc:
             # A bug of ours or a failing stream: keep the bytes with the reason
             # (the first time with a traceback) instead of losing the message.
-            if not self._counts["internal_logged"]:
-                self._counts["internal_logged"] = 1
+            if not self._internal_error_logged:
+                self._internal_error_logged = True
                 log.exception("gateway: internal error on %s", topic)
             reason, detail = Reason.INTERNAL, f"{type(exc).__name__}: {exc}"
         else:

@@ -92,10 +92,6 @@ class DemoResult:
     missing_keys: tuple[tuple[str, int], ...] = field(default=(), repr=False)
 
     @property
-    def lost(self) -> int:
-        return self.missing
-
-    @property
     def ok(self) -> bool:
         """Nothing lost: the exit-code contract of the demo."""
         return self.missing == 0 and self.settled
