@@ -102,6 +102,34 @@ class NodeStatus(_Strict, frozen=True):
     reason: Text | None = None
 
 
+class NodeRef(_Strict, frozen=True):
+    node: NodeId
+    kind: Kind
+
+
+class AgentStatus(_Strict, frozen=True):
+    """Presence of an edge agent, on `city/agent/<agent>/status`, retained.
+
+    MQTT gives a connection one last will, and an agent serves several nodes
+    over one connection, so the will is the agent's: "offline" with the nodes
+    it speaks for. A node is online while its own status says so *and* its
+    agent's does. Heartbeats repeat "online" with the agent's health: queue
+    depth and losses, and per serial link the frame and error counters.
+    """
+
+    v: Literal[1]
+    agent: NodeId
+    state: Literal["online", "offline"]
+    ts_ms: TsMs
+    nodes: tuple[NodeRef, ...] = ()
+    uptime_s: float | None = None
+    buffer_depth: int | None = None
+    buffer_bytes: int | None = None
+    dropped: int | None = None
+    links: dict[Annotated[str, msgspec.Meta(max_length=64)], dict[str, int]] | None = None
+    reason: Text | None = None
+
+
 class EdgeEvent(_Strict, frozen=True):
     """A condition the edge judged critical on its own (cover opened, alarm contact)."""
 
@@ -189,6 +217,7 @@ class DeadLetter(_Strict, frozen=True):
 _reading_decoder = msgspec.json.Decoder(Reading)
 _status_decoder = msgspec.json.Decoder(NodeStatus)
 _event_decoder = msgspec.json.Decoder(EdgeEvent)
+_agent_status_decoder = msgspec.json.Decoder(AgentStatus)
 _enriched_decoder = msgspec.json.Decoder(EnrichedReading)
 _warning_decoder = msgspec.json.Decoder(Warning)
 _encoder = msgspec.json.Encoder()
@@ -258,6 +287,10 @@ def decode_status(data: bytes, *, limit: int = MAX_PAYLOAD_BYTES) -> NodeStatus:
 
 def decode_event(data: bytes, *, limit: int = MAX_PAYLOAD_BYTES) -> EdgeEvent:
     return _decode(_event_decoder, data, limit)
+
+
+def decode_agent_status(data: bytes, *, limit: int = MAX_PAYLOAD_BYTES) -> AgentStatus:
+    return _decode(_agent_status_decoder, data, limit)
 
 
 def decode_enriched(data: bytes) -> tuple[EnrichedReading, Reading]:

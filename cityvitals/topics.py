@@ -18,6 +18,8 @@ from typing import Literal, NamedTuple, get_args
 Channel = Literal["telemetry", "status", "event"]
 CHANNELS: tuple[str, ...] = get_args(Channel)
 ROOT = "city"
+#: The second level of an edge agent's own status topic; never a sensor kind.
+AGENT_SEGMENT = "agent"
 #: One filter for everything the gateway consumes.
 ALL_NODES_FILTER = f"{ROOT}/+/+/+"
 
@@ -42,6 +44,15 @@ def status_topic(kind: str, node: str) -> str:
 
 def event_topic(kind: str, node: str) -> str:
     return _topic(kind, node, "event")
+
+
+def agent_status_topic(agent: str) -> str:
+    """Where an edge agent's birth, heartbeats and last will go.
+
+    >>> agent_status_topic("pi-harbour-3")
+    'city/agent/pi-harbour-3/status'
+    """
+    return f"{ROOT}/{AGENT_SEGMENT}/{agent}/status"
 
 
 def parse_topic(topic: str) -> Topic | None:

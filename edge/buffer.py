@@ -6,8 +6,11 @@ publisher but not yet acknowledged are "in flight"; if the connection drops
 they go back to the head of the queue, in their original order, and are sent
 again. The receiver drops the duplicates this can cause by (node, seq).
 
-`MemoryBuffer` keeps this promise for as long as the process lives. The
-interface is what a durable (on-disk) buffer implements too.
+Two lanes: urgent messages (edge alarms, loss reports) are taken before any
+queued telemetry, so an alarm is not stuck behind an hour of backlog.
+
+`MemoryBuffer` keeps this promise for as long as the process lives;
+`edge.queue.DurableQueue` keeps it across crashes and power loss.
 """
 
 from __future__ import annotations
@@ -29,15 +32,18 @@ class Outbound:
     seq: int
     #: Position in the buffer; assigned by the buffer, orders resends.
     position: int = field(default=0, compare=False)
+    #: Taken ahead of telemetry (edge alarms, loss reports); set by the buffer.
+    urgent: bool = field(default=False, compare=False)
 
 
 class OutboundBuffer(Protocol):
-    async def put(self, message: Outbound) -> None:
-        """Add a message; waits while the buffer is full."""
+    async def put(self, message: Outbound, *, urgent: bool = False) -> bool:
+        """Add a message; False if the buffer's overflow policy refused it."""
         ...
 
     async def take(self, limit: int) -> list[Outbound]:
-        """Mark up to `limit` queued messages in flight; waits for at least one."""
+        """Mark up to `limit` queued messages in flight, urgent ones first;
+        waits for at least one."""
         ...
 
     def ack(self, message: Outbound) -> None:
@@ -68,6 +74,10 @@ class MemoryBuffer:
     ...     buf = MemoryBuffer(maxsize=10)
     ...     for seq in range(3):
     ...         await buf.put(Outbound("t", b"x", "n1", seq))
+    ...     await buf.put(Outbound("t", b"alarm", "n1", 9), urgent=True)
+    ...     alarm = (await buf.take(1))[0]
+    ...     assert alarm.seq == 9            # the alarm goes first
+    ...     buf.ack(alarm)
     ...     first = await buf.take(2)
     ...     buf.ack(first[0])
     ...     buf.requeue_in_flight()          # connection lost before seq 1 was acked
@@ -81,6 +91,7 @@ class MemoryBuffer:
         if maxsize < 1:
             raise ValueError("maxsize must be at least 1")
         self._maxsize = maxsize
+        self._urgent: deque[Outbound] = deque()
         self._queued: deque[Outbound] = deque()
         self._in_flight: dict[int, Outbound] = {}
         self._positions = itertools.count()
@@ -92,26 +103,30 @@ class MemoryBuffer:
         self._refresh()
 
     def __len__(self) -> int:
-        return len(self._queued) + len(self._in_flight)
+        return len(self._urgent) + len(self._queued) + len(self._in_flight)
 
     @property
     def in_flight(self) -> int:
         return len(self._in_flight)
 
-    async def put(self, message: Outbound) -> None:
-        while len(self) >= self._maxsize:
+    async def put(self, message: Outbound, *, urgent: bool = False) -> bool:
+        # Alarms never wait for room: they are few, and late alarms are useless.
+        while not urgent and len(self) >= self._maxsize:
             await self._has_room.wait()
-        self._queued.append(_at(message, next(self._positions)))
+        lane = self._urgent if urgent else self._queued
+        lane.append(_at(message, next(self._positions), urgent=urgent))
         self._refresh()
+        return True
 
     async def take(self, limit: int) -> list[Outbound]:
-        while not self._queued:
+        while not (self._urgent or self._queued):
             await self._has_queued.wait()
         batch: list[Outbound] = []
-        while self._queued and len(batch) < limit:
-            message = self._queued.popleft()
-            self._in_flight[message.position] = message
-            batch.append(message)
+        for lane in (self._urgent, self._queued):
+            while lane and len(batch) < limit:
+                message = lane.popleft()
+                self._in_flight[message.position] = message
+                batch.append(message)
         self._refresh()
         return batch
 
@@ -122,7 +137,8 @@ class MemoryBuffer:
     def requeue_in_flight(self) -> int:
         back = sorted(self._in_flight.values(), key=lambda m: m.position)
         self._in_flight.clear()
-        self._queued.extendleft(reversed(back))
+        self._queued.extendleft(m for m in reversed(back) if not m.urgent)
+        self._urgent.extendleft(m for m in reversed(back) if m.urgent)
         self._refresh()
         return len(back)
 
@@ -132,7 +148,7 @@ class MemoryBuffer:
 
     def _refresh(self) -> None:
         for event, state in (
-            (self._has_queued, bool(self._queued)),
+            (self._has_queued, bool(self._urgent or self._queued)),
             (self._has_room, len(self) < self._maxsize),
             (self._empty, len(self) == 0),
         ):
@@ -142,5 +158,5 @@ class MemoryBuffer:
                 event.clear()
 
 
-def _at(message: Outbound, position: int) -> Outbound:
-    return Outbound(message.topic, message.payload, message.node, message.seq, position)
+def _at(message: Outbound, position: int, *, urgent: bool) -> Outbound:
+    return Outbound(message.topic, message.payload, message.node, message.seq, position, urgent)

@@ -7,8 +7,11 @@ connection fails, unacknowledged messages go back to the buffer in order and
 the publisher reconnects with exponential backoff. The reconnect loop lives
 here, outside the MQTT client, so each connection attempt starts clean.
 
-On connect the agent publishes a retained "online" status for each of its
-nodes; on a clean stop, a retained "offline" one.
+Presence: MQTT gives a connection one last will, and one connection serves
+all the agent's nodes, so the will is the agent's own retained "offline" on
+`city/agent/<agent>/status`, naming its nodes. On connect the agent publishes
+its retained "online" there and one per node on `.../status`; on a clean
+stop, retained "offline" on all of them.
 """
 
 from __future__ import annotations
@@ -24,10 +27,18 @@ import aiomqtt
 
 from cityvitals.clock import Clock, SystemClock
 from cityvitals.config import BrokerSettings
-from cityvitals.contract import CONTRACT_VERSION, NodeStatus, Reading, encode
+from cityvitals.contract import (
+    CONTRACT_VERSION,
+    AgentStatus,
+    EdgeEvent,
+    NodeRef,
+    NodeStatus,
+    Reading,
+    encode,
+)
 from cityvitals.kinds import Kind
 from cityvitals.tasks import cancel_and_wait
-from cityvitals.topics import status_topic, telemetry_topic
+from cityvitals.topics import agent_status_topic, event_topic, status_topic, telemetry_topic
 from edge.buffer import MemoryBuffer, Outbound, OutboundBuffer
 
 log = logging.getLogger(__name__)
@@ -72,6 +83,7 @@ class EdgePublisher:
         self._connections = 0
         self._reported_unreachable = False
         self._started_ms = 0
+        self._client_now: aiomqtt.Client | None = None
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -90,13 +102,13 @@ class EdgePublisher:
         left = len(self._buffer)
         if left:
             log.warning("agent %s stopped with %d readings not acknowledged", self.agent_id, left)
-        await self._say_goodbye()
+        await self._say_goodbye(left)
 
     # -- publishing ------------------------------------------------------------
 
-    async def submit(self, reading: Reading) -> None:
-        """Queue a reading for publishing; waits while the buffer is full."""
-        await self._buffer.put(
+    async def submit(self, reading: Reading) -> bool:
+        """Queue a reading for publishing; False if the buffer's policy refused it."""
+        return await self._buffer.put(
             Outbound(
                 telemetry_topic(reading.kind, reading.node),
                 encode(reading),
@@ -104,6 +116,45 @@ class EdgePublisher:
                 reading.seq,
             )
         )
+
+    async def submit_event(self, event: EdgeEvent) -> bool:
+        """Queue an edge alarm ahead of all telemetry."""
+        return await self._buffer.put(
+            Outbound(event_topic(event.kind, event.node), encode(event), event.node, 0),
+            urgent=True,
+        )
+
+    @property
+    def connected(self) -> bool:
+        return self._client_now is not None
+
+    async def publish_now(self, topic: str, payload: bytes, *, retain: bool = False) -> bool:
+        """Publish outside the buffer (heartbeats: stale ones are worth nothing);
+        False when not connected or the broker did not acknowledge in time."""
+        client = self._client_now
+        if client is None:
+            return False
+        try:
+            async with asyncio.timeout(self._publish_timeout):
+                await client.publish(topic, payload, qos=1, retain=retain)
+        except (aiomqtt.MqttError, TimeoutError):
+            return False
+        return True
+
+    def agent_status(self, state: Literal["online", "offline"], **health: Any) -> AgentStatus:
+        return AgentStatus(
+            v=CONTRACT_VERSION,
+            agent=self.agent_id,
+            state=state,
+            ts_ms=self._clock.now_ms(),
+            nodes=tuple(NodeRef(node=n, kind=k) for n, k in self.nodes),
+            uptime_s=self.uptime_s,
+            **health,
+        )
+
+    @property
+    def uptime_s(self) -> float:
+        return (self._clock.now_ms() - self._started_ms) / 1000
 
     async def flush(self) -> None:
         """Return once every submitted reading has been acknowledged by the broker.
@@ -131,7 +182,13 @@ class EdgePublisher:
 
     # -- the connection loop ---------------------------------------------------
 
-    def _client(self) -> aiomqtt.Client:
+    def _client(self, *, will: bool = True) -> aiomqtt.Client:
+        last_will = aiomqtt.Will(
+            agent_status_topic(self.agent_id),
+            encode(self.agent_status("offline", reason="connection lost")),
+            qos=1,
+            retain=True,
+        )
         client = aiomqtt.Client(
             self.broker.host,
             self.broker.port,
@@ -142,6 +199,7 @@ class EdgePublisher:
             keepalive=self.broker.keepalive,
             max_inflight_messages=self._window,
             timeout=self._publish_timeout,
+            will=last_will if will else None,
         )
         # aiomqtt warns past 10 pending publishes; our window is the real bound.
         client.pending_calls_threshold = self._window + 1
@@ -163,7 +221,11 @@ class EdgePublisher:
                             self.broker.port,
                         )
                     await self._publish_births(client)
-                    await self._pump_messages(client)
+                    self._client_now = client
+                    try:
+                        await self._pump_messages(client)
+                    finally:
+                        self._client_now = None
             except aiomqtt.MqttError as exc:
                 self._connection_failed(exc)
             except Exception as exc:
@@ -246,7 +308,9 @@ class EdgePublisher:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    def _status(self, node: str, kind: Kind, state: Literal["online", "offline"]) -> NodeStatus:
+    def node_status(
+        self, node: str, kind: Kind, state: Literal["online", "offline"], **health: Any
+    ) -> NodeStatus:
         return NodeStatus(
             v=CONTRACT_VERSION,
             node=node,
@@ -254,19 +318,26 @@ class EdgePublisher:
             state=state,
             ts_ms=self._clock.now_ms(),
             agent=self.agent_id,
-            uptime_s=(self._clock.now_ms() - self._started_ms) / 1000,
+            uptime_s=self.uptime_s,
+            **health,
         )
 
     async def _publish_births(self, client: aiomqtt.Client) -> None:
+        await client.publish(
+            agent_status_topic(self.agent_id),
+            encode(self.agent_status("online", buffer_depth=len(self._buffer))),
+            qos=1,
+            retain=True,
+        )
         for node, kind in self.nodes:
             await client.publish(
                 status_topic(kind, node),
-                encode(self._status(node, kind, "online")),
+                encode(self.node_status(node, kind, "online")),
                 qos=1,
                 retain=True,
             )
 
-    async def _say_goodbye(self) -> None:
+    async def _say_goodbye(self, left: int) -> None:
         """Retained "offline" for each node, on a short-lived connection of its own
         (the pump's is gone), and bounded: stopping must not hang on a dead broker."""
         if not self._connected.is_set():
@@ -275,13 +346,17 @@ class EdgePublisher:
             )
             return
         try:
-            async with asyncio.timeout(GOODBYE_TIMEOUT_S), self._client() as client:
+            async with asyncio.timeout(GOODBYE_TIMEOUT_S), self._client(will=False) as client:
                 for node, kind in self.nodes:
                     await client.publish(
                         status_topic(kind, node),
-                        encode(self._status(node, kind, "offline")),
+                        encode(self.node_status(node, kind, "offline", reason="stopped")),
                         qos=1,
                         retain=True,
                     )
+                status = self.agent_status("offline", buffer_depth=left, reason="stopped")
+                await client.publish(
+                    agent_status_topic(self.agent_id), encode(status), qos=1, retain=True
+                )
         except (aiomqtt.MqttError, TimeoutError) as exc:
             log.warning("agent %s could not publish offline status: %r", self.agent_id, exc)

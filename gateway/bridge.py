@@ -51,7 +51,7 @@ from cityvitals.contract import (
 from cityvitals.errors import ContractError
 from cityvitals.registry import Registry
 from cityvitals.tasks import cancel_and_wait
-from cityvitals.topics import ALL_NODES_FILTER, Topic
+from cityvitals.topics import AGENT_SEGMENT, ALL_NODES_FILTER, Topic
 from gateway.dedup import SeqWindow, Verdict
 from gateway.validate import Validator
 
@@ -236,7 +236,10 @@ class Gateway:
             if parsed.channel == "telemetry":
                 await self._telemetry(parsed, payload)
             elif parsed.channel == "status":
-                if payload:  # an empty retained message only clears the retained status
+                # An empty retained message only clears the retained status.
+                if payload and parsed.kind == AGENT_SEGMENT:
+                    self._validator.agent_status(parsed, payload)
+                elif payload:
                     self._validator.status(parsed, payload)
                 self._counts["status"] += 1
             else:

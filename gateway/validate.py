@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from cityvitals.contract import (
     MAX_PAYLOAD_BYTES,
+    AgentStatus,
     EdgeEvent,
     NodeStatus,
     Reading,
     Reason,
+    decode_agent_status,
     decode_event,
     decode_reading,
     decode_status,
@@ -57,6 +59,15 @@ class Validator:
     def status(self, topic: Topic, payload: bytes) -> tuple[NodeStatus, Device]:
         status = decode_status(payload, limit=self.max_payload)
         return status, self._device(topic, status.node, status.kind)
+
+    def agent_status(self, topic: Topic, payload: bytes) -> AgentStatus:
+        status = decode_agent_status(payload, limit=self.max_payload)
+        if status.agent != topic.node:
+            raise ContractError(
+                Reason.TOPIC_MISMATCH,
+                f"payload says agent {status.agent} but was published for {topic.node}",
+            )
+        return status
 
     def event(self, topic: Topic, payload: bytes) -> tuple[EdgeEvent, Device]:
         event = decode_event(payload, limit=self.max_payload)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import cityvitals
+import edge
 
 REPO = Path(__file__).resolve().parents[3]
 HEAVY = ("faust", "aiomqtt", "amqtt", "aiokafka", "numpy", "scipy", "aiohttp")
@@ -54,10 +55,31 @@ def test_core_imports_no_heavy_dependency():
     assert imported_heavy(CORE, HEAVY) == []
 
 
-@pytest.mark.parametrize("module", ["edge.buffer", "edge.simulate"])
-def test_edge_modules_import_no_numpy_or_faust(module):
-    """The edge buffer and simulator load no numpy or faust (nor the other server packages)."""
-    assert imported_heavy((module,), HEAVY) == []
+#: What `pip install 'cityvitals[edge]'` does not bring: the server side.
+SERVER_ONLY = ("faust", "amqtt", "aiokafka", "numpy", "scipy", "aiohttp", "rich", "influxdb_client")
+EDGE = tuple(sorted(m.name for m in pkgutil.walk_packages(edge.__path__, "edge.")))
+
+
+@pytest.mark.parametrize("module", EDGE)
+def test_edge_modules_import_nothing_the_edge_install_lacks(module):
+    """Every edge module (agent, queue, serial, simulator...) runs on the edge extra alone:
+    no numpy, faust, aiohttp or the other server packages."""
+    assert imported_heavy((module,), SERVER_ONLY) == []
+
+
+def test_the_edge_command_runs_on_the_edge_install():
+    """`cityvitals edge --check` loads only what the edge extra installs."""
+    probe = (
+        "import sys; from click.testing import CliRunner; from cityvitals.cli import main; "
+        "r = CliRunner().invoke(main, ['edge', '--config', 'deploy/edge/edge.toml', '--check']); "
+        "print(r.output, file=sys.stderr); assert r.exit_code == 0, r.output; "
+        f"print(sorted(m for m in sys.modules if m.split('.')[0] in {SERVER_ONLY!r}))"
+    )
+    result = subprocess.run(  # noqa: S603 - our own interpreter, fixed arguments
+        [sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
 
 
 def test_probe_detects_a_heavy_import():

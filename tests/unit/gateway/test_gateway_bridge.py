@@ -148,6 +148,26 @@ async def test_status_and_event_messages_are_validated():
     assert out.dead[0].reason is Reason.SCHEMA
 
 
+async def test_agent_status_is_validated_against_its_topic():
+    """An agent's birth/will on city/agent/<agent>/status is accepted; one naming another
+    agent than its topic is dead-lettered as a topic mismatch."""
+    out = Collected()
+    gw = make_gateway(out)
+    will = {
+        "v": 1,
+        "agent": "pi-3",
+        "state": "offline",
+        "ts_ms": TS,
+        "nodes": [{"node": WATER.node, "kind": "water_level"}],
+        "reason": "connection lost",
+    }
+    await gw.handle("city/agent/pi-3/status", json.dumps(will).encode())
+    await gw.handle("city/agent/pi-4/status", json.dumps(will).encode())
+    s = gw.stats()
+    assert (s.statuses, s.dead_letters) == (1, 1)
+    assert out.dead[0].reason is Reason.TOPIC_MISMATCH
+
+
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
     lambda inner: (

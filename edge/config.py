@@ -1,0 +1,372 @@
+"""`edge.toml`: what an edge agent runs, read once and checked whole.
+
+Every mistake is one `ConfigError` naming the file, the key (as a path such
+as `node[2].kind`) and what was expected, so an installer on a ladder can fix
+it without reading code. The annotated example is `deploy/edge/edge.toml`.
+
+>>> import tempfile, pathlib
+>>> text = '''
+... [agent]
+... id = "pi-harbour-3"
+... [mqtt]
+... url = "mqtt://10.0.0.5"
+... [[node]]
+... id = "wl-0001"
+... kind = "water_levle"
+... simulate = {}
+... '''
+>>> with tempfile.TemporaryDirectory() as d:
+...     path = pathlib.Path(d) / "edge.toml"
+...     _ = path.write_text(text)
+...     try:
+...         load_edge_config(path)
+...     except ConfigError as exc:
+...         print(str(exc).replace(d, "DIR"))
+DIR/edge.toml: node[0].kind: expected one of crowd, manhole, smoke, water_level, found 'water_levle'
+"""
+
+from __future__ import annotations
+
+import re
+import ssl
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from cityvitals.config import BrokerSettings, BrokerUrlError
+from cityvitals.errors import ConfigError
+from cityvitals.kinds import KIND_METRICS, Kind
+from edge.queue import QueueLimits
+from edge.report import DEFAULT_METRICS, MetricPolicy, ReportPolicy
+
+NODE_ID = r"^[a-z0-9][a-z0-9_-]{0,63}\Z"
+Positive = Annotated[float, msgspec.Meta(gt=0)]
+
+
+class _Section(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    pass
+
+
+class AgentSection(_Section, frozen=True):
+    id: Annotated[str, msgspec.Meta(pattern=NODE_ID)]
+    data_dir: str = "/var/lib/cityvitals"
+    heartbeat_s: Positive = 60.0
+    log_every_s: Positive = 300.0
+
+
+class MqttSection(_Section, frozen=True):
+    url: str
+    username: str | None = None
+    password: str | None = None
+    password_file: str | None = None
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    keepalive: Annotated[int, msgspec.Meta(ge=5, le=3600)] = 30
+    window: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 32
+    publish_timeout_s: Positive = 10.0
+    #: Longest wait between reconnect attempts (exponential backoff, full jitter).
+    reconnect_max_s: Positive = 10.0
+
+
+class QueueSection(_Section, frozen=True):
+    max_mb: Positive = 256.0
+    max_age_h: Positive | None = None
+    when_full: Literal["drop_oldest", "refuse_new"] = "drop_oldest"
+    sync: Literal["full", "normal"] = "full"
+    loss_report_s: Positive = 10.0
+
+
+class ReportSection(_Section, frozen=True):
+    enabled: bool = True
+    interval_s: Positive = 60.0
+    fast_interval_s: Positive = 10.0
+    max_silent_s: Positive = 300.0
+    #: "kind.metric" -> value, overriding the defaults of edge/report.py.
+    deadband: dict[str, float] = {}
+    watch: dict[str, float] = {}
+
+
+class SerialSection(_Section, frozen=True):
+    name: Annotated[str, msgspec.Meta(pattern=NODE_ID)]
+    port: str
+    baud: Annotated[int, msgspec.Meta(ge=300, le=4_000_000)] = 9600
+
+
+class SimulateSection(_Section, frozen=True):
+    seed: int = 1
+    #: Simulated seconds per wall-clock second: 1 is real time.
+    speed: Positive = 1.0
+    faults: bool = False
+    #: Stop after this many samples (benchmarks and tests); none: run forever.
+    limit: Annotated[int, msgspec.Meta(ge=1)] | None = None
+
+
+class NodeSection(_Section, frozen=True):
+    id: Annotated[str, msgspec.Meta(pattern=NODE_ID)]
+    kind: Kind
+    serial: str | None = None
+    simulate: SimulateSection | None = None
+    interval_s: Positive | None = None
+    fast_interval_s: Positive | None = None
+    report: bool | None = None
+
+
+class EdgeFile(_Section, frozen=True):
+    agent: AgentSection
+    mqtt: MqttSection
+    node: list[NodeSection]
+    queue: QueueSection = QueueSection()
+    report: ReportSection = ReportSection()
+    serial: list[SerialSection] = []
+
+
+_SECTIONS: dict[str, type[msgspec.Struct]] = {
+    "": EdgeFile,
+    "agent": AgentSection,
+    "mqtt": MqttSection,
+    "queue": QueueSection,
+    "report": ReportSection,
+    "serial[]": SerialSection,
+    "node[]": NodeSection,
+    "node[].simulate": SimulateSection,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    node: str
+    kind: Kind
+    serial: str | None
+    simulate: SimulateSection | None
+    interval_s: float
+    report: ReportPolicy | None  # None: every sample is reported
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeConfig:
+    path: Path
+    agent_id: str
+    data_dir: Path
+    heartbeat_s: float
+    log_every_s: float
+    broker: BrokerSettings
+    window: int
+    publish_timeout_s: float
+    reconnect_max_s: float
+    queue: QueueLimits
+    synchronous: Literal["FULL", "NORMAL"]
+    loss_report_s: float
+    serial: tuple[SerialSection, ...]
+    nodes: tuple[NodeConfig, ...]
+
+    @property
+    def queue_path(self) -> Path:
+        return self.data_dir / f"{self.agent_id}.queue.db"
+
+
+def load_edge_config(path: Path | str) -> EdgeConfig:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(path, "(file)", "an edge.toml file; it does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(path, "(file)", f"a readable UTF-8 file ({exc})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, "(syntax)", f"valid TOML: {exc}") from None
+    try:
+        raw = msgspec.convert(data, EdgeFile)
+    except msgspec.ValidationError as exc:
+        raise _explain(path, data, str(exc)) from None
+    return _build(path, raw)
+
+
+def _build(path: Path, raw: EdgeFile) -> EdgeConfig:
+    serial_names = [s.name for s in raw.serial]
+    for i, name in enumerate(serial_names):
+        if name in serial_names[:i]:
+            raise ConfigError(path, f"serial[{i}].name", "a name used once", found=name)
+    seen: set[str] = set()
+    nodes = []
+    for i, node in enumerate(raw.node):
+        key = f"node[{i}]"
+        if node.id in seen:
+            raise ConfigError(path, f"{key}.id", "a node id used once", found=node.id)
+        seen.add(node.id)
+        if (node.serial is None) == (node.simulate is None):
+            raise ConfigError(
+                path, key, 'exactly one of serial = "<port name>" or simulate = {...}'
+            )
+        if node.serial is not None and node.serial not in serial_names:
+            expected = (
+                f"the name of a [[serial]] port ({', '.join(serial_names) or 'none defined'})"
+            )
+            raise ConfigError(path, f"{key}.serial", expected, found=node.serial)
+        interval = node.interval_s or raw.report.interval_s
+        report = _report(path, raw, node)
+        nodes.append(NodeConfig(node.id, node.kind, node.serial, node.simulate, interval, report))
+    if not nodes:
+        raise ConfigError(path, "node", "at least one [[node]]")
+    limits = QueueLimits(
+        max_bytes=max(4096, round(raw.queue.max_mb * 2**20)),
+        max_age_s=raw.queue.max_age_h * 3600 if raw.queue.max_age_h else None,
+        when_full=raw.queue.when_full,
+    )
+    return EdgeConfig(
+        path=path,
+        agent_id=raw.agent.id,
+        data_dir=(path.parent / raw.agent.data_dir).resolve(),
+        heartbeat_s=raw.agent.heartbeat_s,
+        log_every_s=raw.agent.log_every_s,
+        broker=_broker(path, raw.mqtt),
+        window=raw.mqtt.window,
+        publish_timeout_s=raw.mqtt.publish_timeout_s,
+        reconnect_max_s=raw.mqtt.reconnect_max_s,
+        queue=limits,
+        synchronous="FULL" if raw.queue.sync == "full" else "NORMAL",
+        loss_report_s=raw.queue.loss_report_s,
+        serial=tuple(raw.serial),
+        nodes=tuple(nodes),
+    )
+
+
+def _report(path: Path, raw: EdgeFile, node: NodeSection) -> ReportPolicy | None:
+    section = raw.report
+    if not (section.enabled if node.report is None else node.report):
+        return None
+    metrics: dict[str, MetricPolicy] = dict(DEFAULT_METRICS.get(node.kind, {}))
+    for table, values in (("deadband", section.deadband), ("watch", section.watch)):
+        for name, value in values.items():
+            kind, _, metric = name.partition(".")
+            if kind not in {k.value for k in Kind} or metric not in KIND_METRICS[Kind(kind)]:
+                raise ConfigError(
+                    path, f"report.{table}", 'keys like "water_level.depth_cm"', found=name
+                )
+            if kind != node.kind:
+                continue
+            old = metrics.get(metric, MetricPolicy())
+            if table == "deadband":
+                metrics[metric] = MetricPolicy(deadband=value, watch=old.watch)
+            else:
+                metrics[metric] = MetricPolicy(deadband=old.deadband, watch=value)
+    return ReportPolicy(
+        metrics,
+        max_silent_s=section.max_silent_s,
+        interval_s=node.interval_s or section.interval_s,
+        fast_interval_s=node.fast_interval_s or section.fast_interval_s,
+    )
+
+
+def _broker(path: Path, mqtt: MqttSection) -> BrokerSettings:
+    try:
+        base = BrokerSettings.from_url(mqtt.url)
+    except BrokerUrlError as exc:
+        raise ConfigError(path, "mqtt.url", str(exc).removeprefix("expected ")) from None
+    if mqtt.password is not None and mqtt.password_file is not None:
+        raise ConfigError(path, "mqtt.password_file", "password or password_file, not both")
+    password = mqtt.password or base.password
+    if mqtt.password_file is not None:
+        password = _read(path, "mqtt.password_file", mqtt.password_file).strip()
+    tls = base.tls
+    if mqtt.ca_file or mqtt.cert_file:
+        if (mqtt.cert_file is None) != (mqtt.key_file is None):
+            raise ConfigError(path, "mqtt.key_file", "cert_file and key_file together")
+        tls = _tls(path, mqtt)
+    return BrokerSettings(
+        host=base.host,
+        port=base.port,
+        username=mqtt.username or base.username,
+        password=password,
+        tls=tls,
+        keepalive=mqtt.keepalive,
+    )
+
+
+def _tls(path: Path, mqtt: MqttSection) -> ssl.SSLContext:
+    try:
+        context = ssl.create_default_context(
+            cafile=str(_resolve(path, mqtt.ca_file)) if mqtt.ca_file else None
+        )
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(path, "mqtt.ca_file", f"a readable PEM CA bundle ({exc})") from None
+    if mqtt.cert_file and mqtt.key_file:
+        try:
+            context.load_cert_chain(_resolve(path, mqtt.cert_file), _resolve(path, mqtt.key_file))
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(
+                path, "mqtt.cert_file", f"a readable PEM certificate and key ({exc})"
+            ) from None
+    return context
+
+
+def _resolve(path: Path, name: str) -> Path:
+    return (path.parent / name).resolve()
+
+
+def _read(path: Path, key: str, name: str) -> str:
+    try:
+        return _resolve(path, name).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(path, key, f"a readable file ({exc})") from None
+
+
+_AT = re.compile(r"^(?P<what>.*?)(?: - at `\$(?P<where>[^`]*)`)?$", re.DOTALL)
+
+
+def _explain(path: Path, data: dict[str, Any], message: str) -> ConfigError:
+    """Turn msgspec's message into file / key / expectation."""
+    match = _AT.match(message)
+    what, where = (match["what"], match["where"] or "") if match else (message, "")
+    key = where.lstrip(".")
+    section = re.sub(r"\[\d+\]", "[]", key)
+    if m := re.match(r"Object contains unknown field `(.+)`", what):
+        known = ", ".join(_fields(section))
+        return ConfigError(path, _join(key, m[1]), f"one of the known keys: {known}")
+    if m := re.match(r"Object missing required field `(.+)`", what):
+        return ConfigError(path, _join(key, m[1]), "a value (this key is required)")
+    found = _lookup(data, key)
+    if what.startswith("Invalid enum value"):
+        if key.endswith("kind"):
+            choices = ", ".join(sorted(k.value for k in Kind))
+        else:
+            field_type = _field_type(section)
+            choices = ", ".join(sorted(map(str, getattr(field_type, "values", ()))))
+        return ConfigError(path, key, f"one of {choices}", found=found)
+    if m := re.match(r"Expected `(.+?)`(?:, got `(.+)`)?(.*)$", what):
+        expected = m[1] + m[3]
+        if key.endswith(".id") or key.endswith(".name"):
+            expected = "lowercase letters, digits, '-' and '_', starting with a letter or digit"
+        return ConfigError(path, key or "(top level)", expected, found=found)
+    return ConfigError(path, key or "(top level)", what, found=found)
+
+
+def _join(key: str, name: str) -> str:
+    return f"{key}.{name}" if key else name
+
+
+def _fields(section: str) -> list[str]:
+    struct = _SECTIONS.get(section)
+    return sorted(struct.__struct_fields__) if struct else []
+
+
+def _field_type(key: str) -> Any:
+    parent, _, name = key.rpartition(".")
+    struct = _SECTIONS.get(parent)
+    if struct is None:
+        return Any
+    info = msgspec.inspect.type_info(struct)
+    fields = info.fields if isinstance(info, msgspec.inspect.StructType) else ()
+    return next((f.type for f in fields if f.name == name), Any)
+
+
+def _lookup(data: Any, key: str) -> Any:
+    for part in re.findall(r"[^.\[\]]+|\[\d+\]", key):
+        try:
+            data = data[int(part[1:-1])] if part.startswith("[") else data[part]
+        except (KeyError, IndexError, TypeError, ValueError):
+            return None
+    return data
