@@ -113,8 +113,8 @@ async def steady(workdir: Path, port: int, rate: int, seconds: float) -> dict[st
     }
 
 
-async def queue_rate(workdir: Path, synchronous: str, n: int) -> float:
-    path = workdir / f"queue-{synchronous}.db"
+async def queue_rate(workdir: Path, synchronous: str, n: int, *, sync_each: bool = False) -> float:
+    path = workdir / f"queue-{synchronous}-{sync_each}.db"
     payload = b'{"v":1,"node":"n-0001","kind":"water_level","seq":0,"ts_ms":1764028800000,' + (
         b'"metrics":{"depth_cm":12.5},"battery_pct":93.5,"rssi_dbm":-71.0}'
     )
@@ -126,6 +126,8 @@ async def queue_rate(workdir: Path, synchronous: str, n: int) -> float:
                     "city/water_level/n-0001/telemetry", payload, "n-0001", q.next_seq("n-0001")
                 )
             )
+            if sync_each:
+                await q.sync()
         await q.sync()
         return n / (time.monotonic() - t0)
 
@@ -188,6 +190,8 @@ async def main() -> None:
         for mode in ("FULL", "NORMAL"):
             rate = await queue_rate(workdir, mode, 50_000)
             print(f"queue: {rate:,.0f} readings/s written (synchronous={mode}, group commit)")
+            rate = await queue_rate(workdir, mode, 2_000, sync_each=True)
+            print(f"queue: {rate:,.0f} readings/s written (synchronous={mode}, a commit each)")
     with tempfile.TemporaryDirectory() as d:
         r = await replay(Path(d), args.backlog)
         print(

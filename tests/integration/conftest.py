@@ -53,22 +53,22 @@ class MosquittoServer:
     queued QoS 1 messages survive a restart, as on a production broker.
     """
 
-    def __init__(self, binary: str, workdir: Path) -> None:
+    def __init__(
+        self, binary: str, workdir: Path, *, security: str = "allow_anonymous true\n"
+    ) -> None:
         self.binary = binary
         self.port = _free_port()
         self.url = f"mqtt://127.0.0.1:{self.port}"
         self.conf = workdir / "mosquitto.conf"
         self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\n"
-            "allow_anonymous true\n"
-            "persistence true\n"
+            f"listener {self.port} 127.0.0.1\n" + security + "persistence true\n"
             f"persistence_location {workdir}/\n"
             "max_queued_messages 100000\n"
             f"log_dest file {workdir / 'mosquitto.log'}\n"
             # Started as root, Mosquitto switches to the 'mosquitto' user, which
             # cannot write the test's private directory: persistence and the log
             # would fail silently. Stay whoever started it.
-            + (f"user {getpass.getuser()}\n" if os.geteuid() == 0 else "")
+             + (f"user {getpass.getuser()}\n" if os.geteuid() == 0 else "")
         )
         self.proc: subprocess.Popen[bytes] | None = None
 

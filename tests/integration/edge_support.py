@@ -62,8 +62,14 @@ class Recorder:
     """A subscriber with a persistent session (QoS 1), reconnecting on its own,
     recording every reading, event and status it receives (duplicates too)."""
 
-    def __init__(self, url: str, client_id: str = "test-recorder") -> None:
-        self.broker = BrokerSettings.from_url(url)
+    def __init__(
+        self,
+        url: str | None = None,
+        client_id: str = "test-recorder",
+        *,
+        broker: BrokerSettings | None = None,
+    ) -> None:
+        self.broker = broker or BrokerSettings.from_url(url or "")
         self.client_id = client_id
         self.seqs: dict[str, list[int]] = defaultdict(list)
         self.events: list[tuple[str, str, int | None, str | None]] = []
@@ -94,6 +100,9 @@ class Recorder:
                     self.broker.port,
                     identifier=self.client_id,
                     clean_session=False,
+                    username=self.broker.username,
+                    password=self.broker.password,
+                    tls_context=self.broker.tls,
                 ) as client:
                     await client.subscribe("city/#", qos=1)
                     self.subscribed.set()
