@@ -242,6 +242,10 @@ def edge(config_path: Path, check: bool, verbose: int) -> None:
     except CityvitalsError as exc:
         raise click.ClickException(str(exc)) from exc
     if check:
+        try:
+            config.check_storage()
+        except CityvitalsError as exc:
+            raise click.ClickException(str(exc)) from exc
         serial = sum(1 for n in config.nodes if n.serial)
         ports = len(config.serial)
         click.echo(

@@ -38,10 +38,16 @@ class BrokerSettings:
         parts = urlsplit(url)
         if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
             raise BrokerUrlError(f"expected mqtt://host[:port] or mqtts://host[:port], got {url!r}")
+        try:
+            port = parts.port
+        except ValueError:  # not a number, or above 65535
+            raise BrokerUrlError(
+                f"expected mqtt://host[:port] with a port 1..65535, got {url!r}"
+            ) from None
         secure = parts.scheme == "mqtts"
         return cls(
             host=parts.hostname,
-            port=parts.port or (8883 if secure else 1883),
+            port=port or (8883 if secure else 1883),
             username=unquote(parts.username) if parts.username else None,
             password=unquote(parts.password) if parts.password else None,
             tls=ssl.create_default_context() if secure else None,

@@ -141,6 +141,9 @@ class EdgeEvent(_Strict, frozen=True):
     level: Level = Level.NONE
     count: int | None = None
     detail: Text | None = None
+    #: Identity of this event: a resend (QoS 1 is at least once) carries the
+    #: same id, so a receiver adding up loss counts can drop the repeat.
+    id: Text | None = None
 
 
 class Placement(_Strict, frozen=True):

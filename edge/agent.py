@@ -142,6 +142,7 @@ class EdgeAgent:
                 event=event,
                 level=level,
                 detail=detail,
+                id=f"{node}:{event}:{ts_ms}",
             )
         )
 
@@ -261,13 +262,14 @@ class EdgeAgent:
                 log.exception("agent %s: periodic job failed", self.config.agent_id)
 
     async def _drain(self, publisher: EdgePublisher) -> None:
+        """A bounded last chance for the broker to take what is queued (the
+        disk keeps the rest); bounded even when the disk itself is failing."""
         queue, _ = self._parts()
-        await queue.sync()
-        if not publisher.connected or not len(queue):
-            return
         with contextlib.suppress(TimeoutError, RuntimeError):
             async with asyncio.timeout(DRAIN_S):
-                await publisher.flush()
+                await queue.sync()
+                if publisher.connected and len(queue):
+                    await publisher.flush()
 
     async def wait_sampled(self) -> None:
         """Return once every driver has stopped on its own (simulated nodes with
@@ -329,6 +331,9 @@ class EdgeAgent:
             event="readings_dropped",
             level=Level.NONE,
             count=loss.count,
+            # One report per (node, cause) covers losses after the previous
+            # one's: the span identifies it, and a resend repeats it.
+            id=f"{loss.node}:{loss.cause.value}:{loss.first_ms}-{loss.last_ms}",
             detail=(
                 f"{loss.cause.value}: edge queue bound {bound.max_bytes / 2**20:.1f} MiB, "
                 f"max age {bound.max_age_s or 'none'} s, policy {bound.when_full}; "

@@ -27,6 +27,7 @@ DIR/edge.toml: node[0].kind: expected one of crowd, manhole, smoke, water_level,
 
 from __future__ import annotations
 
+import os
 import re
 import ssl
 import tomllib
@@ -83,10 +84,11 @@ class QueueSection(_Section, frozen=True):
 class ReportSection(_Section, frozen=True):
     enabled: bool = True
     interval_s: Positive = 60.0
-    fast_interval_s: Positive = 10.0
+    #: Default: 10 s, or the interval if that is shorter.
+    fast_interval_s: Positive | None = None
     max_silent_s: Positive = 300.0
     #: "kind.metric" -> value, overriding the defaults of edge/report.py.
-    deadband: dict[str, float] = {}
+    deadband: dict[str, Annotated[float, msgspec.Meta(ge=0)]] = {}
     watch: dict[str, float] = {}
 
 
@@ -167,6 +169,34 @@ class EdgeConfig:
     def queue_path(self) -> Path:
         return self.data_dir / f"{self.agent_id}.queue.db"
 
+    def check_storage(self) -> None:
+        """Can this user keep the queue in `data_dir`? (`--check` asks, so the
+        systemd unit refuses to start rather than run without its queue.)"""
+        problem = None
+        if self.data_dir.exists() and not self.data_dir.is_dir():
+            problem = "it is not a directory"
+        elif self.data_dir.exists() and not os.access(self.data_dir, os.W_OK | os.X_OK):
+            problem = "this user cannot write it"
+        elif not self.data_dir.exists() and not os.access(
+            _existing_parent(self.data_dir), os.W_OK | os.X_OK
+        ):
+            problem = "it does not exist and this user cannot create it"
+        elif self.queue_path.exists() and not os.access(self.queue_path, os.R_OK | os.W_OK):
+            problem = f"this user cannot read and write {self.queue_path.name}"
+        if problem:
+            raise ConfigError(
+                self.path,
+                "agent.data_dir",
+                f"a directory the agent can write its queue to ({problem})",
+                found=str(self.data_dir),
+            )
+
+
+def _existing_parent(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
 
 def load_edge_config(path: Path | str) -> EdgeConfig:
     path = Path(path)
@@ -190,6 +220,7 @@ def _build(path: Path, raw: EdgeFile) -> EdgeConfig:
     for i, name in enumerate(serial_names):
         if name in serial_names[:i]:
             raise ConfigError(path, f"serial[{i}].name", "a name used once", found=name)
+    _check_overrides(path, raw.report)
     seen: set[str] = set()
     nodes = []
     for i, node in enumerate(raw.node):
@@ -207,7 +238,15 @@ def _build(path: Path, raw: EdgeFile) -> EdgeConfig:
             )
             raise ConfigError(path, f"{key}.serial", expected, found=node.serial)
         interval = node.interval_s or raw.report.interval_s
-        report = _report(path, raw, node)
+        fast = node.fast_interval_s or raw.report.fast_interval_s or min(10.0, interval)
+        if fast > interval:
+            raise ConfigError(
+                path,
+                f"{key}.fast_interval_s" if node.fast_interval_s else "report.fast_interval_s",
+                f"at most the sampling interval ({interval:g} s): fast means more often",
+                found=fast,
+            )
+        report = _report(raw, node, interval, fast)
         nodes.append(NodeConfig(node.id, node.kind, node.serial, node.simulate, interval, report))
     if not nodes:
         raise ConfigError(path, "node", "at least one [[node]]")
@@ -234,7 +273,19 @@ def _build(path: Path, raw: EdgeFile) -> EdgeConfig:
     )
 
 
-def _report(path: Path, raw: EdgeFile, node: NodeSection) -> ReportPolicy | None:
+def _check_overrides(path: Path, section: ReportSection) -> None:
+    for table, values in (("deadband", section.deadband), ("watch", section.watch)):
+        for name in values:
+            kind, _, metric = name.partition(".")
+            if kind not in {k.value for k in Kind} or metric not in KIND_METRICS[Kind(kind)]:
+                raise ConfigError(
+                    path, f"report.{table}", 'keys like "water_level.depth_cm"', found=name
+                )
+
+
+def _report(
+    raw: EdgeFile, node: NodeSection, interval_s: float, fast_interval_s: float
+) -> ReportPolicy | None:
     section = raw.report
     if not (section.enabled if node.report is None else node.report):
         return None
@@ -242,10 +293,6 @@ def _report(path: Path, raw: EdgeFile, node: NodeSection) -> ReportPolicy | None
     for table, values in (("deadband", section.deadband), ("watch", section.watch)):
         for name, value in values.items():
             kind, _, metric = name.partition(".")
-            if kind not in {k.value for k in Kind} or metric not in KIND_METRICS[Kind(kind)]:
-                raise ConfigError(
-                    path, f"report.{table}", 'keys like "water_level.depth_cm"', found=name
-                )
             if kind != node.kind:
                 continue
             old = metrics.get(metric, MetricPolicy())
@@ -256,8 +303,8 @@ def _report(path: Path, raw: EdgeFile, node: NodeSection) -> ReportPolicy | None
     return ReportPolicy(
         metrics,
         max_silent_s=section.max_silent_s,
-        interval_s=node.interval_s or section.interval_s,
-        fast_interval_s=node.fast_interval_s or section.fast_interval_s,
+        interval_s=interval_s,
+        fast_interval_s=fast_interval_s,
     )
 
 
@@ -272,9 +319,14 @@ def _broker(path: Path, mqtt: MqttSection) -> BrokerSettings:
     if mqtt.password_file is not None:
         password = _read(path, "mqtt.password_file", mqtt.password_file).strip()
     tls = base.tls
-    if mqtt.ca_file or mqtt.cert_file:
+    if mqtt.ca_file or mqtt.cert_file or mqtt.key_file:
         if (mqtt.cert_file is None) != (mqtt.key_file is None):
-            raise ConfigError(path, "mqtt.key_file", "cert_file and key_file together")
+            missing = "mqtt.key_file" if mqtt.key_file is None else "mqtt.cert_file"
+            raise ConfigError(path, missing, "cert_file and key_file together")
+        if base.tls is None:
+            raise ConfigError(
+                path, "mqtt.url", "an mqtts:// url when TLS files are given", found=mqtt.url
+            )
         tls = _tls(path, mqtt)
     return BrokerSettings(
         host=base.host,
@@ -329,6 +381,8 @@ def _explain(path: Path, data: dict[str, Any], message: str) -> ConfigError:
     if m := re.match(r"Object missing required field `(.+)`", what):
         return ConfigError(path, _join(key, m[1]), "a value (this key is required)")
     found = _lookup(data, key)
+    if key.endswith("[...]"):
+        key, found = _bad_entry(data, key.removesuffix("[...]"), what)
     if what.startswith("Invalid enum value"):
         if key.endswith("kind"):
             choices = ", ".join(sorted(k.value for k in Kind))
@@ -338,10 +392,23 @@ def _explain(path: Path, data: dict[str, Any], message: str) -> ConfigError:
         return ConfigError(path, key, f"one of {choices}", found=found)
     if m := re.match(r"Expected `(.+?)`(?:, got `(.+)`)?(.*)$", what):
         expected = m[1] + m[3]
-        if key.endswith(".id") or key.endswith(".name"):
-            expected = "lowercase letters, digits, '-' and '_', starting with a letter or digit"
+        if key.endswith((".id", ".name")):
+            expected = (
+                "1 to 64 lowercase letters, digits, '-' and '_', starting with a letter or digit"
+            )
         return ConfigError(path, key or "(top level)", expected, found=found)
     return ConfigError(path, key or "(top level)", what, found=found)
+
+
+def _bad_entry(data: Any, key: str, what: str) -> tuple[str, Any]:
+    """msgspec names a table's values only as `[...]`; find the entry it means."""
+    table = _lookup(data, key)
+    if isinstance(table, dict):
+        for name, value in table.items():
+            number = isinstance(value, int | float) and not isinstance(value, bool)
+            if not number or (">=" in what and value < 0):
+                return f'{key}."{name}"', value
+    return key, table
 
 
 def _join(key: str, name: str) -> str:

@@ -104,15 +104,20 @@ class SerialDriver:
         self.port = port
         self.nodes = dict(nodes)
         self._sink = sink
-        self.link = SerialLink(port.name, port.port, baudrate=port.baud)
+        self.counters = LinkCounters()
+        self.link = self._new_link()
         self._undeclared: set[str] = set()
+        self._mismatched: set[str] = set()
         self._intervals: dict[str, float] = {}
 
-    @property
-    def counters(self) -> LinkCounters:
-        return self.link.counters
+    def _new_link(self) -> SerialLink:
+        return SerialLink(
+            self.port.name, self.port.port, baudrate=self.port.baud, counters=self.counters
+        )
 
     async def run(self) -> None:
+        if self.link.entered:
+            self.link = self._new_link()  # restarted after a failure: a link is entered once
         async with self.link:
             settings = asyncio.create_task(self._keep_settings())
             try:
@@ -140,7 +145,12 @@ class SerialDriver:
                 frame.node,
                 frame.kind,
             )
-        elif declared is not None and declared.kind != frame.kind:
+        elif (
+            declared is not None
+            and declared.kind != frame.kind
+            and frame.node not in self._mismatched
+        ):
+            self._mismatched.add(frame.node)
             log.warning(
                 "serial %s: %s says it is %s, edge.toml says %s; using the frame's",
                 self.port.name,

@@ -81,7 +81,8 @@ class EdgePublisher:
         self._pump: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
         self._connections = 0
-        self._reported_unreachable = False
+        #: The connection failure last logged, until a connection succeeds.
+        self._told_down: str | None = None
         self._started_ms = 0
         self._client_now: aiomqtt.Client | None = None
 
@@ -213,13 +214,15 @@ class EdgePublisher:
                     self._connections += 1
                     self._connected.set()
                     delay = self._backoff[0]
-                    if self._connections > 1:
+                    if self._connections > 1 or self._told_down is not None:
                         log.info(
-                            "agent %s reconnected to %s:%d",
+                            "agent %s %s to %s:%d",
                             self.agent_id,
+                            "reconnected" if self._connections > 1 else "connected",
                             self.broker.host,
                             self.broker.port,
                         )
+                    self._told_down = None
                     await self._publish_births(client)
                     self._client_now = client
                     try:
@@ -248,14 +251,19 @@ class EdgePublisher:
                 exc,
                 back,
             )
-        elif self._connections == 0 and not self._reported_unreachable:
-            self._reported_unreachable = True
+            return
+        # Unreachable, refused (a rotated password, an expired certificate):
+        # said once, and again only when the reason changes.
+        reason = str(exc)
+        if reason != self._told_down:
+            self._told_down = reason
             log.warning(
-                "agent %s cannot reach the broker at %s:%d (%s); retrying",
+                "agent %s cannot connect to the broker at %s:%d (%s); retrying, "
+                "readings wait in the queue",
                 self.agent_id,
                 self.broker.host,
                 self.broker.port,
-                exc,
+                reason,
             )
 
     async def _pump_messages(self, client: aiomqtt.Client) -> None:

@@ -64,6 +64,8 @@ T = TypeVar("T")
 #: Bytes a row costs beyond its payload and topic (row header, index entry):
 #: measured on SQLite 3.40 with 200-byte payloads, rounded up.
 ROW_OVERHEAD: Final = 48
+#: How long closing waits for the disk before giving up on it.
+CLOSE_TIMEOUT_S: Final = 5.0
 SCHEMA_VERSION: Final = 1
 URGENT, TELEMETRY = 0, 1
 Policy = Literal["drop_oldest", "refuse_new"]
@@ -130,6 +132,12 @@ class _Batch:
     rows: list[tuple[int, Outbound, int]] = field(default_factory=list)  # lane, msg, queued_ms
     acked: list[int] = field(default_factory=list)
     refused: list[Loss] = field(default_factory=list)
+    #: node -> next seq, for telemetry refused before it reached the batch.
+    spent: dict[str, int] = field(default_factory=dict)
+    #: Turn the loss counts into urgent rows, in the same transaction.
+    report: Callable[[Loss], Outbound] | None = None
+    #: Who waits for that report's count of messages.
+    waiters: list[asyncio.Future[int]] = field(default_factory=list)
     now_ms: int = 0
     expire: bool = False
 
@@ -141,6 +149,7 @@ class _Committed:
     deleted: tuple[int, ...]
     losses: Counter[Cause]
     urgent_inserted: bool
+    reported: int
 
 
 _SCHEMA = """
@@ -185,12 +194,19 @@ class _QueueFile:
         ).fetchone()
 
     def _connect(self, synchronous: str) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             return self._open(synchronous)
+        except OSError as exc:
+            raise QueueError(f"{self.path}: cannot create the queue ({exc})") from exc
         except sqlite3.DatabaseError as exc:
-            if self._is_locked(exc):
+            code = getattr(exc, "sqlite_errorname", "")
+            if code.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
                 raise QueueError(f"{self.path}: in use by another process ({exc})") from exc
+            if not code.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")):
+                # Permissions, I/O errors, a read-only disk: the file may be
+                # fine, and throwing its backlog away would be the real damage.
+                raise QueueError(f"{self.path}: cannot open the queue ({code}: {exc})") from exc
             # A file SQLite cannot read (a half-written SD card, a wrong file):
             # keep it for forensics and start a new queue rather than refuse to run.
             aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
@@ -203,13 +219,12 @@ class _QueueFile:
             log.error(  # noqa: TRY400 - the reason is in the line; a traceback adds nothing
                 "queue %s is unreadable (%s); moved to %s, starting empty", self.path, exc, aside
             )
-            return self._open(synchronous)
+            # The lost file's sequence numbers are unknown, and receivers have
+            # seen them: start every node far above anything it can have used
+            # (a thousand readings per millisecond since the epoch).
+            return self._open(synchronous, seq_floor=int(time.time() * 1000) * 1000)
 
-    @staticmethod
-    def _is_locked(exc: sqlite3.DatabaseError) -> bool:
-        return "locked" in str(exc) or "busy" in str(exc)
-
-    def _open(self, synchronous: str) -> sqlite3.Connection:
+    def _open(self, synchronous: str, *, seq_floor: int = 0) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
             # An exclusive lock: two agents sharing one queue would double-send
@@ -219,8 +234,9 @@ class _QueueFile:
             conn.execute(f"PRAGMA synchronous = {synchronous}")
             conn.executescript(_SCHEMA)
             conn.execute("BEGIN IMMEDIATE")
-            conn.execute(
-                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)", (SCHEMA_VERSION,)
+            conn.executemany(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)",
+                [("schema", SCHEMA_VERSION), ("seq_floor", seq_floor)],
             )
             conn.execute("COMMIT")
             (version,) = conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
@@ -234,8 +250,10 @@ class _QueueFile:
             )
         return conn
 
-    def next_seqs(self) -> dict[str, int]:
-        return dict(self.conn.execute("SELECT node, next_seq FROM node_seq").fetchall())
+    def next_seqs(self) -> tuple[dict[str, int], int]:
+        """Each node's next sequence number, and where a node new to this queue starts."""
+        (floor,) = self.conn.execute("SELECT value FROM meta WHERE key = 'seq_floor'").fetchone()
+        return dict(self.conn.execute("SELECT node, next_seq FROM node_seq").fetchall()), int(floor)
 
     def pending_losses(self) -> int:
         (n,) = self.conn.execute("SELECT COALESCE(SUM(count), 0) FROM losses").fetchone()
@@ -271,9 +289,14 @@ class _QueueFile:
             if batch.expire and self.limits.max_age_s is not None:
                 cutoff = batch.now_ms - round(self.limits.max_age_s * 1000)
                 self._drop(self._expired(cutoff), Cause.EXPIRED, batch.now_ms, losses)
+            # Every seq in the batch is spent, stored or not: a refused or dropped
+            # reading's number is the gap its loss report explains, never reused.
+            next_seq = dict(batch.spent)
+            for lane, m, _ in batch.rows:
+                if lane == TELEMETRY:
+                    next_seq[m.node] = max(next_seq.get(m.node, 0), m.seq + 1)
             rows = self._make_room(batch, losses)
             urgent = False
-            next_seq: dict[str, int] = {}
             for lane, m, queued_ms in rows:
                 size = row_size(m)
                 c.execute(
@@ -284,9 +307,6 @@ class _QueueFile:
                 self.depth += 1
                 self.bytes += size
                 urgent = urgent or lane == URGENT
-                if lane == TELEMETRY:
-                    next_seq[m.node] = max(next_seq.get(m.node, 0), m.seq + 1)
-            # Seqs of refused readings are spent too: the gap is what the loss report explains.
             for loss in batch.refused:
                 self._add_loss(losses, loss)
             c.executemany(
@@ -305,6 +325,7 @@ class _QueueFile:
                     for x in losses.values()
                 ],
             )
+            reported = self._report(batch.report, batch.now_ms) if batch.report else 0
             c.execute("COMMIT")
         except BaseException:
             self._rollback()
@@ -312,7 +333,9 @@ class _QueueFile:
         by_cause: Counter[Cause] = Counter()
         for loss in losses.values():
             by_cause[loss.cause] += loss.count
-        return _Committed(self.depth, self.bytes, deleted, by_cause, urgent)
+        return _Committed(
+            self.depth, self.bytes, deleted, by_cause, urgent or reported > 0, reported
+        )
 
     def _rollback(self) -> None:
         # SQLite has already rolled back after some errors (SQLITE_FULL).
@@ -421,28 +444,24 @@ class _QueueFile:
             )
         losses[key] = loss
 
-    def losses_to_events(self, build: Callable[[Loss], Outbound], now_ms: int) -> int:
+    def _report(self, build: Callable[[Loss], Outbound], now_ms: int) -> int:
+        """Loss counts become urgent rows; part of the commit's transaction, so a
+        count is reported exactly once whatever fails when."""
         c = self.conn
-        c.execute("BEGIN IMMEDIATE")
-        try:
-            rows = c.execute(
-                "SELECT node, cause, count, first_ms, last_ms, topic FROM losses"
-            ).fetchall()
-            for node, cause, count, first_ms, last_ms, topic in rows:
-                m = build(Loss(node, Cause(cause), count, first_ms, last_ms, topic))
-                size = row_size(m)
-                c.execute(
-                    "INSERT INTO outbox (lane, node, seq, topic, payload, queued_ms, size)"
-                    " VALUES (0, ?, ?, ?, ?, ?, ?)",
-                    (m.node, m.seq, m.topic, m.payload, now_ms, size),
-                )
-                self.depth += 1
-                self.bytes += size
-            c.execute("DELETE FROM losses")
-            c.execute("COMMIT")
-        except BaseException:
-            self._rollback()
-            raise
+        rows = c.execute(
+            "SELECT node, cause, count, first_ms, last_ms, topic FROM losses"
+        ).fetchall()
+        for node, cause, count, first_ms, last_ms, topic in rows:
+            m = build(Loss(node, Cause(cause), count, first_ms, last_ms, topic))
+            size = row_size(m)
+            c.execute(
+                "INSERT INTO outbox (lane, node, seq, topic, payload, queued_ms, size)"
+                " VALUES (0, ?, ?, ?, ?, ?, ?)",
+                (m.node, m.seq, m.topic, m.payload, now_ms, size),
+            )
+            self.depth += 1
+            self.bytes += size
+        c.execute("DELETE FROM losses")
         return len(rows)
 
     def close(self) -> None:
@@ -484,6 +503,7 @@ class DurableQueue:
         self._file: _QueueFile | None = None
         self._committer: asyncio.Task[None] | None = None
         self._seqs: dict[str, int] = {}
+        self._seq_floor = 0
         # Loop-side mirror of the file, updated from each commit's result.
         self._depth = 0
         self._bytes = 0
@@ -516,7 +536,7 @@ class DurableQueue:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"queue-{self.path.name}")
         try:
             self._file = await self._run(_QueueFile, self.path, self.limits, self._synchronous)
-            self._seqs = await self._run(self._file.next_seqs)
+            self._seqs, self._seq_floor = await self._run(self._file.next_seqs)
             unreported = await self._run(self._file.pending_losses)
         except BaseException:
             self._executor.shutdown(wait=True)
@@ -543,35 +563,52 @@ class DurableQueue:
             if self._committer is not None and not self._committer.done():
                 # Commit what was put and acked; bounded, so a dead disk cannot hang a stop.
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(10):
+                    async with asyncio.timeout(CLOSE_TIMEOUT_S):
                         await self.sync(acks=True)
         finally:
-            if self._committer is not None:
-                self._committer.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._committer
-            if self._file is not None:
-                await self._run(self._file.close)
-            if self._executor is not None:
-                self._executor.shutdown(wait=True)
-            if self._pending.rows:
+            await self._close()
+
+    async def _close(self) -> None:
+        if self._committer is not None:
+            self._committer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._committer
+            if not self._committer.cancelled() and self._committer.exception() is not None:
                 log.error(
-                    "queue %s closed with %d messages never written to disk",
+                    "queue %s: the committer had failed",
                     self.path,
-                    len(self._pending.rows),
+                    exc_info=self._committer.exception(),
                 )
+        left = len(self._pending.rows) + len(self._committing.rows)
+        if left:
+            log.error("queue %s closed with %d messages never written to disk", self.path, left)
+        if self._executor is None:
+            return
+        answered = True
+        if self._file is not None:
+            closing = asyncio.wrap_future(self._executor.submit(self._file.close))
+            try:
+                await asyncio.wait_for(closing, CLOSE_TIMEOUT_S)
+            except TimeoutError:
+                answered = False
+        if not answered:
+            # A commit stuck in an fsync on a dying disk must not hold the stop:
+            # leave that thread to the process exit.
+            log.error("queue %s: the disk did not answer within %g s", self.path, CLOSE_TIMEOUT_S)
+        self._executor.shutdown(wait=answered)
 
     # -- putting -------------------------------------------------------------------
 
     def next_seq(self, node: str) -> int:
         """Allocate the next sequence number of `node` (persisted with its reading)."""
-        seq = self._seqs.get(node, 0)
+        seq = self._seqs.get(node, self._seq_floor)
         self._seqs[node] = seq + 1
         return seq
 
     async def put(self, message: Outbound, *, urgent: bool = False) -> bool:
         """Queue a message for the next commit; False if `refuse_new` turned it away."""
         while len(self._pending.rows) >= self._max_pending:
+            self._check_committer()
             await self._committed.wait()
         now = self._clock.now_ms()
         size = row_size(message)
@@ -583,6 +620,8 @@ class DurableQueue:
             self._pending.refused.append(
                 Loss(message.node, Cause.REFUSED_NEW, 1, now, now, message.topic)
             )
+            spent = self._pending.spent
+            spent[message.node] = max(spent.get(message.node, 0), message.seq + 1)
             self._dropped += 1
             self._put_count += 1
             self._work.set()
@@ -700,15 +739,21 @@ class DurableQueue:
             await self._shrunk.wait()
 
     async def report_losses(self, build: Callable[[Loss], Outbound]) -> int:
-        """Turn the loss counts into urgent messages built by `build`, in one
-        transaction (a count is reported once, and never lost in between)."""
-        file = self._open_file()
-        n = await self._run(file.losses_to_events, build, self._clock.now_ms())
-        if n:
-            self._depth, self._bytes = file.depth, file.bytes
-            self._urgent_waiting = True
-            self._new_rows = _notify(self._new_rows)
-        return n
+        """Turn the loss counts into urgent messages built by `build` with the next
+        commit (a count is reported once, and never lost in between); returns how
+        many messages that made."""
+        self._check_committer()
+        self._pending.report = build
+        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._pending.waiters.append(done)
+        self._work.set()
+        committer = self._committer
+        assert committer is not None  # noqa: S101 - _check_committer said so
+        either: set[asyncio.Future[Any]] = {done, committer}
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+        if not done.done():
+            self._check_committer()  # raises: the committer is gone
+        return done.result()
 
     # -- the committer -------------------------------------------------------------
 
@@ -717,7 +762,7 @@ class DurableQueue:
         while True:
             await self._work.wait()
             self._work.clear()
-            if not self._pending.rows and not self._pending.refused:
+            if not (self._pending.rows or self._pending.refused or self._pending.report):
                 # Only acks: losing those costs a duplicate, not a reading, so
                 # let a few more gather before paying for an fsync.
                 await asyncio.sleep(0.05)
@@ -749,10 +794,13 @@ class DurableQueue:
                 self._log_losses(result.losses)
             if result.urgent_inserted:
                 self._urgent_waiting = True
+            for waiter in batch.waiters:
+                if not waiter.done():
+                    waiter.set_result(result.reported)
             self._committed_count = counted
             self._committed = _notify(self._committed)
             self._shrunk = _notify(self._shrunk)
-            if batch.rows:
+            if batch.rows or result.reported:
                 self._new_rows = _notify(self._new_rows)
 
     _commits_since_failure = 0
@@ -768,6 +816,10 @@ class DurableQueue:
         batch.rows.extend(self._pending.rows)
         batch.acked.extend(self._pending.acked)
         batch.refused.extend(self._pending.refused)
+        for node, seq in self._pending.spent.items():
+            batch.spent[node] = max(batch.spent.get(node, 0), seq)
+        batch.report = batch.report or self._pending.report
+        batch.waiters.extend(self._pending.waiters)
         self._pending = batch
         self._pending_bytes = sum(row_size(m) for _, m, _ in batch.rows)
 

@@ -185,6 +185,7 @@ class SerialLink:
         read_timeout: float = 0.2,
         queue_size: int = 1024,
         rng: random.Random | None = None,
+        counters: LinkCounters | None = None,
     ) -> None:
         if not 0 < backoff[0] <= backoff[1]:
             raise ValueError(f"backoff must be 0 < first <= longest, got {backoff}")
@@ -195,7 +196,8 @@ class SerialLink:
         self.name = name
         self.url = url
         self.baudrate = baudrate
-        self.counters = LinkCounters()
+        # Passed in to carry the counts over when a driver reopens the link.
+        self.counters = counters if counters is not None else LinkCounters()
         self._backoff = backoff
         self._read_timeout = read_timeout
         self._queue_size = queue_size
@@ -215,7 +217,7 @@ class SerialLink:
         self._stopped = False
         self._opened = asyncio.Event()  # replaced each time the port opens
         self._told_unexpected = False
-        self._summary_base = LinkCounters()
+        self._summary_base = self.counters.snapshot()
         self._summary_at = time.monotonic()
 
     # -- lifecycle -------------------------------------------------------------
@@ -248,6 +250,11 @@ class SerialLink:
                 self._queue.put_nowait(None)  # wakes a frames() waiting on the empty queue
 
     # -- the agent's side ------------------------------------------------------
+
+    @property
+    def entered(self) -> bool:
+        """True once the link has been started (a link runs once)."""
+        return self._thread is not None
 
     @property
     def connected(self) -> bool:

@@ -73,6 +73,8 @@ class Recorder:
         self.client_id = client_id
         self.seqs: dict[str, list[int]] = defaultdict(list)
         self.events: list[tuple[str, str, int | None, str | None]] = []
+        self.event_ids: list[str | None] = []
+        self.agent_depths: list[int | None] = []
         self.agent_states: list[tuple[str, str | None]] = []
         self.agent_links: dict[str, dict[str, int]] = {}
         self.node_states: list[tuple[str, str]] = []
@@ -118,6 +120,7 @@ class Recorder:
         if parsed.kind == "agent":
             status = decode_agent_status(payload)
             self.agent_states.append((status.state, status.reason))
+            self.agent_depths.append(status.buffer_depth)
             self.agent_links = dict(status.links or {})
         elif parsed.channel == "telemetry":
             reading = decode_reading(payload)
@@ -125,6 +128,7 @@ class Recorder:
         elif parsed.channel == "event":
             event = decode_event(payload)
             self.events.append((event.node, event.event, event.count, event.detail))
+            self.event_ids.append(event.id)
         else:
             self.node_states.append((parsed.node, "status"))
         changed, self.changed = self.changed, asyncio.Event()
@@ -137,9 +141,12 @@ class Recorder:
         return sum(len(s) - len(set(s)) for s in self.seqs.values())
 
     def dropped_reported(self) -> Counter[str]:
+        """Readings each node's agent reported lost, a resent report counted once."""
         out: Counter[str] = Counter()
-        for node, event, count, _ in self.events:
-            if event == "readings_dropped":
+        seen: set[str | None] = set()
+        for (node, event, count, _), event_id in zip(self.events, self.event_ids, strict=True):
+            if event == "readings_dropped" and event_id not in seen:
+                seen.add(event_id)
                 out[node] += count or 0
         return out
 

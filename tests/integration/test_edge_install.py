@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,9 +24,17 @@ SERVER_ONLY = {"faust-streaming", "numpy", "scipy", "aiohttp", "amqtt", "rich", 
 def edge_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh virtualenv with only `cityvitals[edge]` installed (pip's cache keeps it quick)."""
     venv = tmp_path_factory.mktemp("edge-venv")
+    # A copy of the sources: pip builds in the source tree, which must stay clean.
+    source = tmp_path_factory.mktemp("edge-source")
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    for package in ("cityvitals", "edge", "gateway", "stream", "alerts"):
+        shutil.copytree(
+            REPO / package, source / package, ignore=shutil.ignore_patterns("__pycache__")
+        )
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)  # noqa: S603
     done = subprocess.run(  # noqa: S603 - pip installing this repository
-        [str(venv / "bin" / "pip"), "install", "--quiet", f"{REPO}[edge]"],
+        [str(venv / "bin" / "pip"), "install", "--quiet", f"{source}[edge]"],
         capture_output=True,
         text=True,
         check=False,

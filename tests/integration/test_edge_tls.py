@@ -134,7 +134,7 @@ async def test_a_wrong_password_is_refused_and_the_readings_wait_on_disk(
     summary = await run
     assert summary.left_in_queue == 30  # refused by the broker, kept by the agent
     refusals = [
-        r.getMessage() for r in caplog.records if "cannot reach the broker" in r.getMessage()
+        r.getMessage() for r in caplog.records if "cannot connect to the broker" in r.getMessage()
     ]
     assert refusals
     assert "not authorized" in refusals[0].lower() or "bad user name" in refusals[0].lower()

@@ -106,6 +106,25 @@ def test_the_shipped_example_loads():
         (('url = "mqtt://', 'uri = "mqtt://'), "mqtt.uri", "known keys"),
         (("baud = 19200", 'baud = "fast"'), "serial[0].baud", "int"),
         (("max_mb = 64", "max_mb = ["), "(syntax)", "valid TOML"),
+        (("10.0.0.5:1884", "10.0.0.5:99999"), "mqtt.url", "a port 1..65535"),
+        (
+            ('"water_level.depth_cm" = 1.5', '"water_level.depth_cm" = "x"'),
+            'report.deadband."water_level.depth_cm"',
+            "float",
+        ),
+        (
+            ('"water_level.depth_cm" = 1.5', '"water_level.depth_cm" = -1'),
+            'report.deadband."water_level.depth_cm"',
+            ">= 0",
+        ),
+        (("fast_interval_s = 5", "fast_interval_s = 600"), "node[0].fast_interval_s", "at most"),
+        (('url = "mqtt://ops', 'ca_file = "ca.pem"\nurl = "mqtt://ops'), "mqtt.url", "mqtts://"),
+        (
+            ('url = "mqtt://ops', 'key_file = "k.pem"\nurl = "mqtts://ops'),
+            "mqtt.cert_file",
+            "together",
+        ),
+        (('id = "pi-harbour-3"', f'id = "{"a" * 65}"'), "agent.id", "1 to 64"),
     ],
 )
 def test_a_mistake_names_the_file_the_key_and_the_expectation(
@@ -120,6 +139,17 @@ def test_a_mistake_names_the_file_the_key_and_the_expectation(
     assert message.startswith(f"{path}: {key}: expected"), message
     assert expected in message
     assert "\n" not in message  # one line for one mistake
+
+
+def test_check_storage_names_a_data_dir_the_agent_cannot_use(tmp_path: Path):
+    (tmp_path / "state").write_text("a file where the directory should be")
+    config = load_edge_config(write(tmp_path, GOOD))
+    with pytest.raises(
+        ConfigError, match=r"agent.data_dir: expected a directory .*not a directory"
+    ):
+        config.check_storage()
+    (tmp_path / "state").unlink()
+    config.check_storage()  # not there yet, but creatable
 
 
 def test_a_missing_required_section_and_a_missing_file(tmp_path: Path):

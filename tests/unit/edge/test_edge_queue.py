@@ -9,6 +9,8 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -102,12 +104,19 @@ async def test_take_waits_for_a_commit(tmp_path: Path):
         assert [m.seq for m in await asyncio.wait_for(waiting, 5)] == [0, 1]
 
 
-async def test_a_cancelled_take_loses_nothing(tmp_path: Path):
+async def test_a_take_cancelled_while_its_select_runs_loses_nothing(tmp_path: Path):
+    """The worker moved its cursor past the rows; the cancelled take hands them on."""
     async with DurableQueue(tmp_path / "q.db") as q:
         await fill(q, 3)
+        assert q._executor is not None
+        gate = threading.Event()
+        q._executor.submit(gate.wait)  # hold the worker thread
         take = asyncio.ensure_future(q.take(10))
-        await asyncio.sleep(0)  # the select is on the worker thread now
+        async with asyncio.timeout(5):
+            while q._executor._work_queue.qsize() < 1:  # noqa: ASYNC110 - until the select is queued
+                await asyncio.sleep(0.001)
         take.cancel()
+        gate.set()  # the select now runs, after its caller gave up
         with pytest.raises(asyncio.CancelledError):
             await take
         assert [m.seq for m in await take_all(q)] == [0, 1, 2]
@@ -204,13 +213,32 @@ async def test_a_second_agent_cannot_open_the_same_queue(tmp_path: Path):
                 pass
 
 
-async def test_an_unreadable_file_is_moved_aside_and_the_agent_starts(tmp_path: Path):
+async def test_an_unreadable_file_is_moved_aside_and_sequences_jump_past_it(tmp_path: Path):
+    """A corrupt queue is kept for forensics; the new one starts every node's sequence
+    above anything the lost file can have used, so receivers do not take the new
+    readings for duplicates of old ones."""
     path = tmp_path / "q.db"
     path.write_bytes(b"this is not sqlite" * 100)
+    before_ms = int(time.time() * 1000)
     async with DurableQueue(path) as q:
         await fill(q, 1)
         assert len(q) == 1
+        assert q.next_seq("n1") > before_ms * 1000
     assert len(list(tmp_path.glob("q.db.corrupt-*"))) == 1  # noqa: ASYNC240 - a test's tmp dir
+    async with DurableQueue(path) as q:  # and the floor is remembered
+        assert q.next_seq("brand-new-node") > before_ms * 1000
+
+
+async def test_a_queue_that_cannot_be_opened_is_an_error_not_a_fresh_start(tmp_path: Path):
+    """Only corruption moves a file aside: a path SQLite cannot open (here a directory;
+    in the field a permission or I/O problem) is an error naming the file."""
+    path = tmp_path / "q.db"
+    path.mkdir()
+    with pytest.raises(QueueError, match="cannot open the queue"):
+        async with DurableQueue(path):
+            pass
+    assert path.is_dir()  # untouched
+    assert not list(tmp_path.glob("q.db.corrupt-*"))  # noqa: ASYNC240 - a test's tmp dir
 
 
 async def test_a_full_disk_holds_readings_in_memory_and_writes_them_later(tmp_path: Path):
@@ -294,13 +322,28 @@ def test_sigkill_mid_stream_loses_nothing_that_was_synced(tmp_path: Path):
 @settings(max_examples=40, deadline=None)
 @given(
     ops=st.lists(
-        st.sampled_from(["put", "put", "put", "take", "ack", "ack", "requeue", "reopen"]),
+        st.sampled_from(
+            [
+                "put",
+                "put",
+                "put",
+                "sync",
+                "take",
+                "ack",
+                "ack",
+                "requeue",
+                "report",
+                "yield",
+                "reopen",
+            ]
+        ),
         max_size=60,
     )
 )
 def test_any_interleaving_delivers_every_unacked_message_in_order(ops: list[str]):
-    """Model check: whatever the interleaving of puts, takes, acks, connection losses
-    and restarts, what is left is exactly what was not acknowledged, in order."""
+    """Model check: whatever the interleaving of puts (synced or not), takes, acks,
+    connection losses, loss reports and restarts, the queue counts exactly what was
+    not acknowledged, and hands it out in order."""
     with tempfile.TemporaryDirectory() as scratch:
         asyncio.run(_interleave(Path(scratch) / "q.db", ops))
 
@@ -312,11 +355,16 @@ async def _interleave(path: Path, ops: list[str]) -> None:
     await q.__aenter__()
     try:
         for op in ops:
-            if op == "put":
+            if op == "put":  # not synced: commits run whenever the loop lets them
                 m = message(q)
                 await q.put(m)
-                await q.sync()
                 unacked.append(m.seq)
+            elif op == "sync":
+                await q.sync()
+            elif op == "yield":
+                await asyncio.sleep(0)
+            elif op == "report":
+                assert await q.report_losses(loss_event) == 0  # nothing was lost
             elif op == "take" and len(q) > len(in_flight):
                 in_flight += await take_all(q, 3)
             elif op == "ack" and in_flight:
@@ -333,7 +381,9 @@ async def _interleave(path: Path, ops: list[str]) -> None:
                 in_flight = []
             assert len(q) == len(unacked)
         q.requeue_in_flight()
-        left = [m.seq for m in await take_all(q)] if unacked else []
+        left: list[int] = []
+        while len(left) < len(unacked):  # what is not committed yet comes with the next commit
+            left += [m.seq for m in await take_all(q)]
         assert left == unacked
     finally:
         await q.__aexit__(None, None, None)

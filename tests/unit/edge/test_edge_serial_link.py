@@ -351,11 +351,11 @@ async def test_stop_is_prompt_with_a_full_queue_and_no_reader(node: Pty) -> None
         # One frame queued, the second waiting for room, the rest read and unparsed.
         await until_read(link, len(data))
         await until(lambda: link.counters.frames == 1, "the queue to fill")
-        async with asyncio.timeout(1.0):
+        async with asyncio.timeout(5.0):  # generous for a loaded CI box; a hang never ends
             await stack.aclose()
     assert link_threads("full") == []
     assert not link.connected
-    async with asyncio.timeout(1.0):
+    async with asyncio.timeout(5.0):  # generous for a loaded CI box; a hang never ends
         assert [frame async for frame in link.frames()] == [reading(1)]
 
 
@@ -366,7 +366,7 @@ async def test_stop_interrupts_a_long_backoff(tmp_path: Path) -> None:
             make_link(tmp_path / "missing", name="slow", backoff=(20.0, 30.0))
         )
         await until(lambda: link.counters.open_errors == 1, "the first attempt")
-        async with asyncio.timeout(1.0):
+        async with asyncio.timeout(5.0):  # generous for a loaded CI box; a hang never ends
             await stack.aclose()
     assert link_threads("slow") == []
 
@@ -378,7 +378,7 @@ async def test_frames_ends_when_the_link_stops(node: Pty) -> None:
         consumer = asyncio.create_task(collect(link))
         node.write(encode_frame(reading(1)))
         await until(lambda: link.counters.frames == 1, "the frame")
-    async with asyncio.timeout(1.0):
+    async with asyncio.timeout(5.0):  # generous for a loaded CI box; a hang never ends
         assert await consumer == [reading(1)]
 
 
