@@ -93,15 +93,23 @@ class MosquittoServer:
         self.proc = None
 
 
+def require(found: object, what: str) -> None:
+    """Skip when a server or tool is missing; on CI (where `./dev test` installs
+    them) fail instead, so a broken install cannot pass as skipped tests."""
+    if found:
+        return
+    message = f"{what} (./dev test installs it from Debian's packages)"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 @pytest.fixture
 def mosquitto_server(tmp_path: Path) -> Iterator[MosquittoServer]:
     """A private, restartable Mosquitto on a free loopback port."""
     binary = mosquitto_binary()
-    if binary is None:
-        message = "mosquitto is not installed (./dev test installs it from Debian's packages)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    require(binary, "mosquitto is not installed")
+    assert binary is not None
     workdir = tmp_path / "mosquitto"
     workdir.mkdir()
     server = MosquittoServer(binary, workdir)

@@ -4,7 +4,6 @@ that requires both (certificates made here with the openssl command line)."""
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import ssl
 import subprocess
@@ -16,7 +15,7 @@ import pytest
 from cityvitals.config import BrokerSettings
 from edge.agent import EdgeAgent
 from edge.config import load_edge_config
-from tests.integration.conftest import MosquittoServer, mosquitto_binary
+from tests.integration.conftest import MosquittoServer, mosquitto_binary, require
 from tests.integration.edge_support import Recorder
 
 pytestmark = pytest.mark.integration
@@ -42,12 +41,10 @@ def make_certificates(directory: Path) -> None:
 @pytest.fixture
 def secure_broker(tmp_path: Path) -> Iterator[tuple[MosquittoServer, Path]]:
     binary = mosquitto_binary()
-    tools = [shutil.which("openssl"), shutil.which("mosquitto_passwd")]
-    if binary is None or None in tools:
-        message = "mosquitto, mosquitto_passwd and openssl are needed (./dev test installs them)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    require(binary, "mosquitto is not installed")
+    require(shutil.which("mosquitto_passwd"), "mosquitto_passwd is not installed")
+    require(shutil.which("openssl"), "openssl is not installed")
+    assert binary is not None
     certs = tmp_path / "certs"
     certs.mkdir()
     make_certificates(certs)
