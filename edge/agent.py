@@ -22,8 +22,8 @@ import contextlib
 import logging
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 
 from cityvitals.clock import Clock, SystemClock
 from cityvitals.contract import CONTRACT_VERSION, EdgeEvent, Reading, encode, validate_reading
@@ -34,7 +34,7 @@ from cityvitals.tasks import cancel_and_wait
 from cityvitals.topics import agent_status_topic, event_topic, parse_topic, status_topic
 from edge.alarms import EdgeAlarms
 from edge.buffer import Outbound
-from edge.config import EdgeConfig
+from edge.config import EdgeConfig, NodeConfig
 from edge.drivers import Sample, SerialDriver, SimulatedDriver
 from edge.publisher import EdgePublisher
 from edge.queue import DurableQueue, Loss
@@ -220,9 +220,9 @@ class EdgeAgent:
             left_in_queue=left,
         )
 
-    def _drivers(self) -> list[tuple[str, Any]]:
-        out: list[tuple[str, Any]] = []
-        by_port: dict[str, dict[str, Any]] = {p.name: {} for p in self.config.serial}
+    def _drivers(self) -> list[tuple[str, Callable[[], Awaitable[None]]]]:
+        out: list[tuple[str, Callable[[], Awaitable[None]]]] = []
+        by_port: dict[str, dict[str, NodeConfig]] = {p.name: {} for p in self.config.serial}
         for node in self.config.nodes:
             if node.serial is not None:
                 by_port[node.serial][node.node] = node
@@ -236,7 +236,7 @@ class EdgeAgent:
             out.append((f"serial {port.name}", serial.run))
         return out
 
-    async def _guard(self, name: str, run: Any) -> None:
+    async def _guard(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
         """A driver that fails on a bug is restarted, not left dead: the other
         nodes keep reporting, and the log says what happened once per burst."""
         failures = 0
@@ -251,12 +251,12 @@ class EdgeAgent:
             else:
                 return  # finished on purpose (a simulated node with a limit)
 
-    async def _every(self, period_s: float, job: Any) -> None:
+    async def _every(self, period_s: float, job: Callable[[], Awaitable[None] | None]) -> None:
         while True:
             await asyncio.sleep(period_s)
             try:
                 result = job()
-                if asyncio.iscoroutine(result):
+                if result is not None:
                     await result
             except Exception:
                 log.exception("agent %s: periodic job failed", self.config.agent_id)
