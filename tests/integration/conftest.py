@@ -124,3 +124,45 @@ def mosquitto_server(tmp_path: Path) -> Iterator[MosquittoServer]:
 def mosquitto(mosquitto_server: MosquittoServer) -> str:
     """The mqtt:// URL of a private Mosquitto."""
     return mosquitto_server.url
+
+
+REPO = Path(__file__).resolve().parents[2]
+KAFKA_SCRIPT = REPO / "deploy" / "kafka" / "kafka"
+
+
+class KafkaServer:
+    """A single-node Kafka (KRaft) on a free loopback port, through
+    deploy/kafka/kafka: fetched from Maven Central once, started and stopped
+    here. Its data survives a stop, as a production broker's does."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port = _free_port()
+        self.bootstrap = f"127.0.0.1:{self.port}"
+
+    def _script(self, *args: str) -> None:
+        done = subprocess.run(  # noqa: S603 - our own script, fixed arguments
+            [str(KAFKA_SCRIPT), *args], capture_output=True, text=True, check=False, timeout=120
+        )
+        if done.returncode != 0:
+            log = self.workdir / "kafka.log"
+            tail = log.read_text()[-3000:] if log.exists() else ""
+            raise RuntimeError(f"kafka {args[0]} failed: {done.stderr}\n{tail}")
+
+    def start(self) -> None:
+        self._script("start", str(self.workdir), str(self.port))
+
+    def stop(self) -> None:
+        self._script("stop", str(self.workdir))
+
+
+@pytest.fixture(scope="module")
+def kafka_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaServer]:
+    """One Kafka per test module (a JVM takes seconds to start); tests use their own topics."""
+    require(shutil.which("java") and shutil.which("mvn"), "java and mvn are needed for Kafka")
+    server = KafkaServer(tmp_path_factory.mktemp("kafka"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
