@@ -22,3 +22,21 @@ async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
         return
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
+
+
+def notify(event: asyncio.Event) -> asyncio.Event:
+    """Wake everyone waiting on `event` and return its fresh replacement.
+
+    For "something changed" signals: a waiter takes the current event, checks
+    its condition, then waits; since an event is replaced rather than cleared,
+    a change between the check and the wait cannot be missed.
+
+    >>> async def demo():
+    ...     changed = asyncio.Event()
+    ...     old, changed = changed, notify(changed)
+    ...     return old.is_set(), changed.is_set()
+    >>> asyncio.run(demo())
+    (True, False)
+    """
+    event.set()
+    return asyncio.Event()

@@ -73,7 +73,6 @@ class EdgeAgent:
         self._queue: DurableQueue | None = None
         self._publisher: EdgePublisher | None = None
         self._serial: list[SerialDriver] = []
-        self._simulated: list[SimulatedDriver] = []
         self._driver_tasks: list[asyncio.Task[None]] = []
         self._running = asyncio.Event()
 
@@ -227,9 +226,7 @@ class EdgeAgent:
             if node.serial is not None:
                 by_port[node.serial][node.node] = node
             else:
-                driver = SimulatedDriver(node, self)
-                self._simulated.append(driver)
-                out.append((f"simulated {node.node}", driver.run))
+                out.append((f"simulated {node.node}", SimulatedDriver(node, self).run))
         for port in self.config.serial:
             serial = SerialDriver(port, by_port[port.name], self)
             self._serial.append(serial)

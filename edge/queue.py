@@ -55,6 +55,7 @@ from typing import Any, Final, Literal, Self, TypeVar
 
 from cityvitals.clock import Clock, SystemClock
 from cityvitals.errors import CityvitalsError
+from cityvitals.tasks import notify
 from edge.buffer import Outbound
 
 log = logging.getLogger(__name__)
@@ -189,9 +190,7 @@ class _QueueFile:
         self.limits = limits
         self.conn = self._connect(synchronous)
         self.cursor = [0, 0]
-        self.depth, self.bytes = self.conn.execute(
-            "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM outbox"
-        ).fetchone()
+        self._recount()
 
     def _connect(self, synchronous: str) -> sqlite3.Connection:
         try:
@@ -337,14 +336,17 @@ class _QueueFile:
             self.depth, self.bytes, deleted, by_cause, urgent or reported > 0, reported
         )
 
+    def _recount(self) -> None:
+        self.depth, self.bytes = self.conn.execute(
+            "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM outbox"
+        ).fetchone()
+
     def _rollback(self) -> None:
         # SQLite has already rolled back after some errors (SQLITE_FULL).
         if self.conn.in_transaction:
             self.conn.execute("ROLLBACK")
         # Our counters moved with the statements; the file did not.
-        self.depth, self.bytes = self.conn.execute(
-            "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM outbox"
-        ).fetchone()
+        self._recount()
 
     def _delete_acked(self, ids: list[int]) -> tuple[int, ...]:
         for i in range(0, len(ids), 500):
@@ -523,7 +525,7 @@ class DurableQueue:
         self._commits = 0
         self._commit_failures = 0
         self._last_expire = float("-inf")
-        # Fresh events per change (see _notify): a waiter that saw "nothing
+        # Fresh events per change (see cityvitals.tasks.notify): a waiter that saw "nothing
         # new" just before a change cannot miss it, and nobody clears them.
         self._work = asyncio.Event()
         self._new_rows = asyncio.Event()  # rows to take: a commit, a rewind, a loss report
@@ -700,7 +702,7 @@ class DurableQueue:
             self._pending.acked.append(message.position)
             self._acked_unflushed.add(message.position)
             self._work.set()
-            self._shrunk = _notify(self._shrunk)
+            self._shrunk = notify(self._shrunk)
 
     def requeue_in_flight(self) -> int:
         back = len(self._in_flight)
@@ -710,7 +712,7 @@ class DurableQueue:
         if self._executor is not None and self._file is not None:
             # Runs after anything already submitted, before anything submitted later.
             self._executor.submit(self._file.rewind)
-        self._new_rows = _notify(self._new_rows)
+        self._new_rows = notify(self._new_rows)
         return back
 
     # -- state -----------------------------------------------------------------------
@@ -719,10 +721,6 @@ class DurableQueue:
         """Messages not yet acknowledged: on disk, or waiting for the next commit."""
         waiting = len(self._pending.rows) + len(self._committing.rows)
         return max(0, self._depth - len(self._acked_unflushed)) + waiting
-
-    @property
-    def in_flight(self) -> int:
-        return len(self._in_flight)
 
     @property
     def bytes(self) -> int:
@@ -798,10 +796,10 @@ class DurableQueue:
                 if not waiter.done():
                     waiter.set_result(result.reported)
             self._committed_count = counted
-            self._committed = _notify(self._committed)
-            self._shrunk = _notify(self._shrunk)
+            self._committed = notify(self._committed)
+            self._shrunk = notify(self._shrunk)
             if batch.rows or result.reported:
-                self._new_rows = _notify(self._new_rows)
+                self._new_rows = notify(self._new_rows)
 
     _commits_since_failure = 0
 
@@ -851,9 +849,3 @@ class DurableQueue:
         if self._executor is None:
             raise RuntimeError(f"queue {self.path} is not open")
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
-
-
-def _notify(event: asyncio.Event) -> asyncio.Event:
-    """Wake everyone waiting on `event`; return its fresh replacement."""
-    event.set()
-    return asyncio.Event()

@@ -41,6 +41,7 @@ from typing import Any, Final, Self
 
 import serial
 
+from cityvitals.tasks import notify
 from edge.frames import (
     EventFrame,
     FrameError,
@@ -404,8 +405,7 @@ class SerialLink:
         return None
 
     def _tell_opened(self) -> None:
-        opened, self._opened = self._opened, asyncio.Event()
-        opened.set()
+        self._opened = notify(self._opened)
 
     def _close(self) -> None:
         with self._port_lock:

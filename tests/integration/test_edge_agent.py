@@ -17,6 +17,7 @@ from edge.agent import EdgeAgent
 from edge.config import load_edge_config
 from tests.integration.conftest import MosquittoServer
 from tests.integration.edge_support import CuttingProxy, Recorder, write_config
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -49,9 +50,11 @@ async def test_ten_thousand_readings_survive_broker_restarts(
             # The outage lasts until 300 more readings have piled up on disk
             # (or the nodes have taken all theirs).
             backlog = agent.pending
-            async with asyncio.timeout(20):
-                while agent.pending < backlog + 300 and not sampled.done():  # noqa: ASYNC110
-                    await asyncio.sleep(0.01)
+            await wait_until(
+                lambda b=backlog: agent.pending >= b + 300 or sampled.done(),
+                "readings to pile up on disk",
+                deadline_s=20,
+            )
             await asyncio.to_thread(mosquitto_server.start)
         await asyncio.wait_for(sampled, 60)
         await asyncio.wait_for(agent.wait_delivered(), 60)

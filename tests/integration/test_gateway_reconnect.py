@@ -13,6 +13,7 @@ from cityvitals.contract import DeadLetter, decode_enriched
 from cityvitals.kinds import Kind
 from gateway.bridge import Gateway
 from gateway.embedded_broker import EmbeddedBroker
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -32,14 +33,6 @@ def reading(seq: int) -> bytes:
             "metrics": {"depth_cm": 2.0},
         }
     ).encode()
-
-
-async def wait_until(condition, deadline_s: float = 10.0) -> None:
-    """Wait for a condition the code under test exposes no event for (the depth of
-    aiomqtt's queue), checking it between loop turns, with a hard deadline."""
-    async with asyncio.timeout(deadline_s):
-        while not condition():  # noqa: ASYNC110 - no event exists for a queue's depth
-            await asyncio.sleep(0.01)
 
 
 async def test_messages_received_before_the_broker_dies_are_still_handled():

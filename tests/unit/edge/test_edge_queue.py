@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from cityvitals.clock import ManualClock
 from edge.buffer import Outbound
 from edge.queue import ROW_OVERHEAD, DurableQueue, Loss, QueueError, QueueLimits
+from tests.waiting import wait_until
 
 TOPIC = "city/water_level/n1/telemetry"
 
@@ -112,9 +113,8 @@ async def test_a_take_cancelled_while_its_select_runs_loses_nothing(tmp_path: Pa
         gate = threading.Event()
         q._executor.submit(gate.wait)  # hold the worker thread
         take = asyncio.ensure_future(q.take(10))
-        async with asyncio.timeout(5):
-            while q._executor._work_queue.qsize() < 1:  # noqa: ASYNC110 - until the select is queued
-                await asyncio.sleep(0.001)
+        work = q._executor._work_queue
+        await wait_until(lambda: work.qsize() >= 1, "the select to be queued", deadline_s=5)
         take.cancel()
         gate.set()  # the select now runs, after its caller gave up
         with pytest.raises(asyncio.CancelledError):
@@ -252,11 +252,7 @@ async def test_a_full_disk_holds_readings_in_memory_and_writes_them_later(tmp_pa
         for _ in range(300):
             await q.put(message(q, payload=b"y" * 200))
 
-        async def failed() -> None:
-            while q.stats().commit_failures < 2:  # noqa: ASYNC110 - a counter, bounded below
-                await asyncio.sleep(0.01)
-
-        await asyncio.wait_for(failed(), 5)
+        await wait_until(lambda: q.stats().commit_failures >= 2, "two failed commits", deadline_s=5)
         assert len(q) == 301  # nothing lost, the 300 wait in memory
         await q._run(file.conn.execute, "PRAGMA max_page_count = 1000000")
         await asyncio.wait_for(q.sync(), 5)
@@ -268,7 +264,8 @@ KILLED_WRITER = textwrap.dedent(
     """
     import asyncio, sys
     from edge.buffer import Outbound
-    from edge.queue import DurableQueue
+    from tests.waiting import wait_until
+from edge.queue import DurableQueue
 
     async def main(path):
         async with DurableQueue(path) as q:

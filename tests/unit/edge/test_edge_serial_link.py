@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import random
@@ -27,6 +28,7 @@ from edge.frames import (
     encode_frame,
 )
 from edge.serial_link import LinkCounters, SeqGaps, SerialLink, Uplink
+from tests.waiting import wait_until
 
 LOGGER = "edge.serial_link"
 
@@ -104,14 +106,7 @@ def make_link(
 WAIT_S = 3.0  # generous: a condition that is not met by then is a failure, not a slow machine
 
 
-async def until(condition: Callable[[], bool], what: str) -> None:
-    """Wait for `condition`, polling, and fail after WAIT_S seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + WAIT_S
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.005)
+until = functools.partial(wait_until, deadline_s=WAIT_S)
 
 
 async def until_read(link: SerialLink, count: int) -> None:
