@@ -277,12 +277,31 @@ class EdgePublisher:
         failure: asyncio.Future[aiomqtt.MqttError] = asyncio.get_running_loop().create_future()
         tasks: set[asyncio.Task[None]] = set()
 
+        def fail(exc: aiomqtt.MqttError) -> None:
+            if failure.done():
+                return
+            failure.set_result(exc)
+            # Publishes waiting for a PUBACK that cannot come any more: stop
+            # them now (their slots come back) instead of at publish_timeout.
+            for task in tasks:
+                if task is not asyncio.current_task():
+                    task.cancel()
+
+        def lost(disconnected: asyncio.Future[None]) -> None:
+            exc = None if disconnected.cancelled() else disconnected.exception()
+            fail(exc if isinstance(exc, aiomqtt.MqttError) else aiomqtt.MqttError("disconnected"))
+
+        # aiomqtt resolves this private future when the connection drops but
+        # leaves pending publishes waiting for their timeout; without it a
+        # full window (or the last few readings) would stall that long.
+        disconnected: asyncio.Future[None] = client._disconnected
+        disconnected.add_done_callback(lost)
+
         async def publish(message: Outbound) -> None:
             try:
                 await client.publish(message.topic, message.payload, qos=1)
             except aiomqtt.MqttError as exc:
-                if not failure.done():
-                    failure.set_result(exc)
+                fail(exc)
                 return
             finally:
                 slots.release()
@@ -306,12 +325,15 @@ class EdgePublisher:
                     raise failure.result()
                 for message in take.result():
                     await slots.acquire()
+                    if failure.done():  # taken, not sent: the requeue puts it back
+                        raise failure.result()
                     task = asyncio.create_task(publish(message))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
                 if failure.done():
                     raise failure.result()
         finally:
+            disconnected.remove_done_callback(lost)
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)

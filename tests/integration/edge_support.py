@@ -25,7 +25,7 @@ def write_config(
     interval_s: float = 0.002,
     queue: str = "",
     agent: str = "pi-test",
-    extra: str = "",
+    mqtt: str = "",
 ) -> Path:
     """An edge.toml with simulated nodes that report every sample (no exception
     filter) as fast as `interval_s`, `limit` samples each."""
@@ -37,13 +37,13 @@ def write_config(
         "[mqtt]",
         f'url = "{broker_url}"',
         "reconnect_max_s = 0.5",
+        mqtt,
         "[queue]",
         queue,
         "loss_report_s = 0.2",
         "[report]",
         "enabled = false",
         f"interval_s = {interval_s}",
-        extra,
     ]
     for node, kind in nodes:
         limit_text = f", limit = {limit}" if limit is not None else ""

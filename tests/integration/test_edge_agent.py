@@ -176,17 +176,24 @@ async def test_with_the_broker_down_a_tiny_bound_drops_and_reports_exactly(
     assert all(d is not None and d.startswith(cause) for d in details)
 
 
-async def test_a_reading_whose_puback_is_lost_is_sent_again(tmp_path: Path, mosquitto_server):
+@pytest.mark.parametrize("cut_after", [5, 20])
+async def test_a_reading_whose_puback_is_lost_is_sent_again(
+    tmp_path: Path, mosquitto_server, cut_after: int
+):
     """The connection is cut after the broker got a publish and before its PUBACK
-    reached the agent: the reading stays in the queue and is published again."""
-    async with CuttingProxy(mosquitto_server.port, cut_after_publishes=5) as proxy:
+    reached the agent: the reading stays in the queue and is published again.
+
+    Cutting at the last reading leaves no later publish to notice the dead
+    connection, and the publish timeout is an hour: the agent must learn of the
+    drop from the connection itself, or this test runs out of time."""
+    async with CuttingProxy(mosquitto_server.port, cut_after_publishes=cut_after) as proxy:
         path = write_config(
             tmp_path,
             f"mqtt://127.0.0.1:{proxy.port}",
             nodes=NODES[:1],
             limit=20,
             interval_s=0.01,
-            extra="",
+            mqtt="publish_timeout_s = 3600",
         )
         agent = EdgeAgent(load_edge_config(path))
         stop = asyncio.Event()
