@@ -18,6 +18,7 @@ from cityvitals import __version__
 from cityvitals.errors import CityvitalsError
 
 if TYPE_CHECKING:
+    from cityvitals.settings import Settings
     from edge.agent import AgentSummary
     from edge.config import EdgeConfig
 
@@ -36,6 +37,10 @@ def _setup_logging(verbose: int, console: object | None = None, *, plain: bool =
     except ImportError:
         handler = logging.StreamHandler(sys.stderr)
         fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    from cityvitals.logs import RepeatFilter
+
+    # A Kafka client retrying a dead broker logs several lines a second.
+    handler.addFilter(RepeatFilter())
     logging.basicConfig(level=level, format=fmt, datefmt="%H:%M:%S", handlers=[handler], force=True)
     # Third-party libraries log per connection or per message at INFO; we
     # report state changes ourselves.
@@ -269,9 +274,79 @@ def edge(config_path: Path, check: bool, verbose: int) -> None:
 
 
 async def _run_edge(config: EdgeConfig) -> AgentSummary:
-    import signal
-
     from edge.agent import EdgeAgent
+
+    return await EdgeAgent(config).run(_stop_on_signals())
+
+
+@main.command()
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("/etc/cityvitals/cityvitals.toml"),
+    show_default=True,
+    help="The service config, one file for every role (example: deploy/cityvitals.toml).",
+)
+@click.option(
+    "--role",
+    "roles",
+    type=click.Choice(["gateway", "stream", "alerts", "all"]),
+    multiple=True,
+    default=("all",),
+    show_default=True,
+    help="What this process runs; repeat for several. Run as many processes as the load needs.",
+)
+@click.option("--check", is_flag=True, help="Only check the configuration and say what it runs.")
+@click.option("-v", "--verbose", count=True, help="More detail in the log (-vv for debug).")
+def run(config_path: Path, roles: tuple[str, ...], check: bool, verbose: int) -> None:
+    """Run the distributed pipeline's services against Mosquitto and Kafka.
+
+    \b
+    gateway  MQTT shared subscription -> validate, dedup, enrich -> Kafka,
+             acknowledging each MQTT message only once Kafka has it
+    stream   faust worker: rules and presence, state in Kafka-backed tables
+    alerts   warnings from Kafka -> alert lifecycle -> console and webhooks
+
+    Gateways split the MQTT load, stream workers split the Kafka partitions.
+    SIGTERM or Ctrl-C stops cleanly, each role flushing what it holds.
+    """
+    from cityvitals.settings import load_settings
+
+    chosen = {"gateway", "stream", "alerts"} if "all" in roles else set(roles)
+    try:
+        settings = load_settings(config_path)
+    except CityvitalsError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if check:
+        k = settings.kafka
+        click.echo(
+            f"{settings.path}: roles {', '.join(sorted(chosen))}; MQTT "
+            f"{settings.broker.host}:{settings.broker.port}"
+            f"{' with TLS' if settings.broker.tls else ''}; Kafka {k.bootstrap_servers} "
+            f"({k.partitions} partitions, topics {k.readings_topic}, {k.presence_topic}, "
+            f"{k.warnings_topic}, {k.dead_letter_topic}); registry {settings.registry_path}"
+        )
+        return
+    _setup_logging(verbose, plain=not sys.stderr.isatty())
+    try:
+        asyncio.run(_run_roles(settings, chosen))
+    except CityvitalsError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+async def _run_roles(settings: Settings, roles: set[str]) -> None:
+    from cityvitals.distributed.roles import running
+
+    stop = _stop_on_signals()
+    async with running(settings, roles):
+        await stop.wait()
+    logging.getLogger("cityvitals").info("stopped cleanly")
+
+
+def _stop_on_signals() -> asyncio.Event:
+    """An event set by SIGTERM or Ctrl-C; a second signal cancels the main task."""
+    import signal
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -284,7 +359,7 @@ async def _run_edge(config: EdgeConfig) -> AgentSummary:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
-    return await EdgeAgent(config).run(stop)
+    return stop
 
 
 @main.group()

@@ -170,6 +170,28 @@ class EnrichedReading(_Strict, frozen=True):
     received_ms: int
 
 
+class PresenceReport(_Strict, frozen=True):
+    """What the gateway hands to the stream about a node being online or offline.
+
+    Made from a node's own retained status (birth, heartbeat, last will) or
+    fanned out from its edge agent's status, which lists the agent's nodes:
+    an agent's last will is the only word a node behind it gets out when the
+    agent loses power. Keyed by node, like readings, so a node's presence and
+    its readings are handled by the same stream worker in order.
+    """
+
+    v: Literal[1]
+    node: NodeId
+    kind: Kind
+    state: Literal["online", "offline"]
+    ts_ms: int
+    received_ms: int
+    placement: Placement
+    #: Set when the report came from the node's agent rather than the node.
+    agent: str | None = None
+    reason: str | None = None
+
+
 class Evidence(_Strict, frozen=True):
     ts_ms: int
     value: float
@@ -223,6 +245,8 @@ _event_decoder = msgspec.json.Decoder(EdgeEvent)
 _agent_status_decoder = msgspec.json.Decoder(AgentStatus)
 _enriched_decoder = msgspec.json.Decoder(EnrichedReading)
 _warning_decoder = msgspec.json.Decoder(Warning)
+_presence_decoder = msgspec.json.Decoder(PresenceReport)
+_dead_letter_decoder = msgspec.json.Decoder(DeadLetter)
 _encoder = msgspec.json.Encoder()
 
 
@@ -304,6 +328,14 @@ def decode_enriched(data: bytes) -> tuple[EnrichedReading, Reading]:
 
 def decode_warning(data: bytes) -> Warning:
     return _warning_decoder.decode(data)
+
+
+def decode_presence(data: bytes) -> PresenceReport:
+    return _presence_decoder.decode(data)
+
+
+def decode_dead_letter(data: bytes) -> DeadLetter:
+    return _dead_letter_decoder.decode(data)
 
 
 def fingerprint(**labels: str) -> str:

@@ -151,7 +151,9 @@ class EmbeddedStore:
     def _open(self) -> sqlite3.Connection:
         # check_same_thread=False: the connection is used from to_thread workers,
         # one at a time (the single writer task serialises every use).
-        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        # A generous busy timeout: in the distributed mode several stream
+        # workers on one host may share the file, taking turns to commit.
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=60.0)
         db.executescript(SCHEMA)
         return db
 

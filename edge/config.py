@@ -28,18 +28,16 @@ DIR/edge.toml: node[0].kind: expected one of crowd, manhole, smoke, water_level,
 from __future__ import annotations
 
 import os
-import re
-import ssl
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 import msgspec
 
-from cityvitals.config import BrokerSettings, BrokerUrlError
+from cityvitals.config import BrokerSettings
 from cityvitals.errors import ConfigError
 from cityvitals.kinds import KIND_METRICS, Kind
+from cityvitals.tomlconfig import BrokerSection, Schema, broker_settings
 from edge.queue import QueueLimits
 from edge.report import DEFAULT_METRICS, MetricPolicy, ReportPolicy
 
@@ -58,15 +56,9 @@ class AgentSection(_Section, frozen=True):
     log_every_s: Positive = 300.0
 
 
-class MqttSection(_Section, frozen=True):
-    url: str
-    username: str | None = None
-    password: str | None = None
-    password_file: str | None = None
-    ca_file: str | None = None
-    cert_file: str | None = None
-    key_file: str | None = None
-    keepalive: Annotated[int, msgspec.Meta(ge=5, le=3600)] = 30
+class MqttSection(BrokerSection, frozen=True):
+    """The broker keys of `cityvitals.tomlconfig.BrokerSection`, and the publisher's."""
+
     window: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 32
     publish_timeout_s: Positive = 10.0
     #: Longest wait between reconnect attempts (exponential backoff, full jitter).
@@ -126,16 +118,12 @@ class EdgeFile(_Section, frozen=True):
     serial: list[SerialSection] = []
 
 
-_SECTIONS: dict[str, type[msgspec.Struct]] = {
-    "": EdgeFile,
-    "agent": AgentSection,
-    "mqtt": MqttSection,
-    "queue": QueueSection,
-    "report": ReportSection,
-    "serial[]": SerialSection,
-    "node[]": NodeSection,
-    "node[].simulate": SimulateSection,
-}
+_NODE_ID_TEXT = "1 to 64 lowercase letters, digits, '-' and '_', starting with a letter or digit"
+_SCHEMA = Schema(
+    EdgeFile,
+    describe="an edge.toml file",
+    hints={"agent.id": _NODE_ID_TEXT, "node[].id": _NODE_ID_TEXT, "serial[].name": _NODE_ID_TEXT},
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,18 +188,7 @@ def _existing_parent(path: Path) -> Path:
 
 def load_edge_config(path: Path | str) -> EdgeConfig:
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(path, "(file)", "an edge.toml file; it does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(path, "(file)", f"a readable UTF-8 file ({exc})") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(path, "(syntax)", f"valid TOML: {exc}") from None
-    try:
-        raw = msgspec.convert(data, EdgeFile)
-    except msgspec.ValidationError as exc:
-        raise _explain(path, data, str(exc)) from None
+    raw = _SCHEMA.load(path)
     return _build(path, raw)
 
 
@@ -261,7 +238,7 @@ def _build(path: Path, raw: EdgeFile) -> EdgeConfig:
         data_dir=(path.parent / raw.agent.data_dir).resolve(),
         heartbeat_s=raw.agent.heartbeat_s,
         log_every_s=raw.agent.log_every_s,
-        broker=_broker(path, raw.mqtt),
+        broker=broker_settings(path, raw.mqtt),
         window=raw.mqtt.window,
         publish_timeout_s=raw.mqtt.publish_timeout_s,
         reconnect_max_s=raw.mqtt.reconnect_max_s,
@@ -306,134 +283,3 @@ def _report(
         interval_s=interval_s,
         fast_interval_s=fast_interval_s,
     )
-
-
-def _broker(path: Path, mqtt: MqttSection) -> BrokerSettings:
-    try:
-        base = BrokerSettings.from_url(mqtt.url)
-    except BrokerUrlError as exc:
-        raise ConfigError(path, "mqtt.url", str(exc).removeprefix("expected ")) from None
-    if mqtt.password is not None and mqtt.password_file is not None:
-        raise ConfigError(path, "mqtt.password_file", "password or password_file, not both")
-    password = mqtt.password or base.password
-    if mqtt.password_file is not None:
-        password = _read(path, "mqtt.password_file", mqtt.password_file).strip()
-    tls = base.tls
-    if mqtt.ca_file or mqtt.cert_file or mqtt.key_file:
-        if (mqtt.cert_file is None) != (mqtt.key_file is None):
-            missing = "mqtt.key_file" if mqtt.key_file is None else "mqtt.cert_file"
-            raise ConfigError(path, missing, "cert_file and key_file together")
-        if base.tls is None:
-            raise ConfigError(
-                path, "mqtt.url", "an mqtts:// url when TLS files are given", found=mqtt.url
-            )
-        tls = _tls(path, mqtt)
-    return BrokerSettings(
-        host=base.host,
-        port=base.port,
-        username=mqtt.username or base.username,
-        password=password,
-        tls=tls,
-        keepalive=mqtt.keepalive,
-    )
-
-
-def _tls(path: Path, mqtt: MqttSection) -> ssl.SSLContext:
-    try:
-        context = ssl.create_default_context(
-            cafile=str(_resolve(path, mqtt.ca_file)) if mqtt.ca_file else None
-        )
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(path, "mqtt.ca_file", f"a readable PEM CA bundle ({exc})") from None
-    if mqtt.cert_file and mqtt.key_file:
-        try:
-            context.load_cert_chain(_resolve(path, mqtt.cert_file), _resolve(path, mqtt.key_file))
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(
-                path, "mqtt.cert_file", f"a readable PEM certificate and key ({exc})"
-            ) from None
-    return context
-
-
-def _resolve(path: Path, name: str) -> Path:
-    return (path.parent / name).resolve()
-
-
-def _read(path: Path, key: str, name: str) -> str:
-    try:
-        return _resolve(path, name).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(path, key, f"a readable file ({exc})") from None
-
-
-_AT = re.compile(r"^(?P<what>.*?)(?: - at `\$(?P<where>[^`]*)`)?$", re.DOTALL)
-
-
-def _explain(path: Path, data: dict[str, Any], message: str) -> ConfigError:
-    """Turn msgspec's message into file / key / expectation."""
-    match = _AT.match(message)
-    what, where = (match["what"], match["where"] or "") if match else (message, "")
-    key = where.lstrip(".")
-    section = re.sub(r"\[\d+\]", "[]", key)
-    if m := re.match(r"Object contains unknown field `(.+)`", what):
-        known = ", ".join(_fields(section))
-        return ConfigError(path, _join(key, m[1]), f"one of the known keys: {known}")
-    if m := re.match(r"Object missing required field `(.+)`", what):
-        return ConfigError(path, _join(key, m[1]), "a value (this key is required)")
-    found = _lookup(data, key)
-    if key.endswith("[...]"):
-        key, found = _bad_entry(data, key.removesuffix("[...]"), what)
-    if what.startswith("Invalid enum value"):
-        if key.endswith("kind"):
-            choices = ", ".join(sorted(k.value for k in Kind))
-        else:
-            field_type = _field_type(section)
-            choices = ", ".join(sorted(map(str, getattr(field_type, "values", ()))))
-        return ConfigError(path, key, f"one of {choices}", found=found)
-    if m := re.match(r"Expected `(.+?)`(?:, got `(.+)`)?(.*)$", what):
-        expected = m[1] + m[3]
-        if key.endswith((".id", ".name")):
-            expected = (
-                "1 to 64 lowercase letters, digits, '-' and '_', starting with a letter or digit"
-            )
-        return ConfigError(path, key or "(top level)", expected, found=found)
-    return ConfigError(path, key or "(top level)", what, found=found)
-
-
-def _bad_entry(data: Any, key: str, what: str) -> tuple[str, Any]:
-    """msgspec names a table's values only as `[...]`; find the entry it means."""
-    table = _lookup(data, key)
-    if isinstance(table, dict):
-        for name, value in table.items():
-            number = isinstance(value, int | float) and not isinstance(value, bool)
-            if not number or (">=" in what and value < 0):
-                return f'{key}."{name}"', value
-    return key, table
-
-
-def _join(key: str, name: str) -> str:
-    return f"{key}.{name}" if key else name
-
-
-def _fields(section: str) -> list[str]:
-    struct = _SECTIONS.get(section)
-    return sorted(struct.__struct_fields__) if struct else []
-
-
-def _field_type(key: str) -> Any:
-    parent, _, name = key.rpartition(".")
-    struct = _SECTIONS.get(parent)
-    if struct is None:
-        return Any
-    info = msgspec.inspect.type_info(struct)
-    fields = info.fields if isinstance(info, msgspec.inspect.StructType) else ()
-    return next((f.type for f in fields if f.name == name), Any)
-
-
-def _lookup(data: Any, key: str) -> Any:
-    for part in re.findall(r"[^.\[\]]+|\[\d+\]", key):
-        try:
-            data = data[int(part[1:-1])] if part.startswith("[") else data[part]
-        except (KeyError, IndexError, TypeError, ValueError):
-            return None
-    return data

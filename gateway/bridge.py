@@ -4,8 +4,8 @@ For each message on `city/+/+/+`:
 
 - telemetry: validate → drop duplicates by (node, seq) → enrich with the
   registry placement → `forward(key=node, value=EnrichedReading bytes)`;
-- status and event: validate and count (presence and edge alarms build on
-  these);
+- status: validate → `presence(key=node, value=PresenceReport bytes)`;
+- event: validate and count (edge alarms build on these);
 - anything that fails: a `DeadLetter` with the reason and the raw bytes goes
   to `dead_letter()`. Nothing is dropped silently and no input can stop the
   loop: only the broker connection can, and then we reconnect.
@@ -37,30 +37,21 @@ from types import TracebackType
 from typing import Self, cast
 
 import aiomqtt
-import msgspec
 
 from cityvitals.clock import Clock, SystemClock
 from cityvitals.config import BrokerSettings
-from cityvitals.contract import (
-    CONTRACT_VERSION,
-    DeadLetter,
-    EnrichedReading,
-    Reason,
-    encode,
-)
-from cityvitals.errors import ContractError
+from cityvitals.contract import DeadLetter, Reason
 from cityvitals.registry import Registry
 from cityvitals.tasks import cancel_and_wait
-from cityvitals.topics import AGENT_SEGMENT, ALL_NODES_FILTER, Topic
-from gateway.dedup import SeqWindow, Verdict
+from cityvitals.topics import ALL_NODES_FILTER
+from gateway.dedup import SeqWindow
+from gateway.router import Router
 from gateway.validate import Validator
 
 log = logging.getLogger(__name__)
 
 Forward = Callable[[bytes, bytes], Awaitable[None]]
 DeadLetterSink = Callable[[DeadLetter], Awaitable[None]]
-#: How much of a refused payload a dead letter keeps; its full size is recorded.
-DEAD_LETTER_KEEP_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,21 +84,21 @@ class Gateway:
         backoff: tuple[float, float] = (0.2, 10.0),
         rng: random.Random | None = None,
         on_forwarded: Callable[[str, int], None] | None = None,
+        presence: Forward | None = None,
     ) -> None:
         self.broker = broker
         self._forward = forward
         self._dead_letter = dead_letter
         self._clock = clock or SystemClock()
         self._client_id = client_id
-        self._validator = validator or Validator(registry)
-        self._dedup = dedup or SeqWindow()
+        self._router = Router(registry, clock=self._clock, validator=validator, dedup=dedup)
+        self._presence = presence
         self._backoff = backoff
         self._rng = rng or random.Random()
         self._on_forwarded = on_forwarded
         self._task: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
         self._counts: Counter[str] = Counter()
-        self._reasons: Counter[str] = Counter()
         self._forwarded = asyncio.Event()
         self._inbox: asyncio.Queue[aiomqtt.Message] = asyncio.Queue()
         self._internal_error_logged = False
@@ -141,21 +132,23 @@ class Gateway:
 
     async def wait_forwarded(self, count: int) -> None:
         """Return once `count` readings have been forwarded in total."""
-        while self._counts["forwarded"] < count:
+        while self._router.stats().forwarded < count:
             self._forwarded.clear()
             await self._forwarded.wait()
 
     def stats(self) -> GatewayStats:
-        c = self._counts
+        r = self._router.stats()
+        lost = self._counts["lost"]
         return GatewayStats(
-            received=c["received"],
-            forwarded=c["forwarded"],
-            duplicates=c["duplicate"],
-            statuses=c["status"],
-            events=c["event"],
-            dead_letters=c["dead_letter"],
-            by_reason=dict(self._reasons),
-            lost=c["lost"],
+            received=r.received,
+            forwarded=r.forwarded,
+            duplicates=r.duplicates,
+            statuses=r.statuses,
+            events=r.events,
+            # Counted once stored: the counts must add up to what was received.
+            dead_letters=r.dead_letters - lost,
+            by_reason=r.by_reason,
+            lost=lost,
         )
 
     async def _run(self) -> None:
@@ -230,79 +223,41 @@ class Gateway:
 
     async def handle(self, topic: str, payload: bytes) -> None:
         """Process one message; never raises, whatever the input or the sinks do."""
-        self._counts["received"] += 1
-        try:
-            parsed = self._validator.topic(topic)
-            if parsed.channel == "telemetry":
-                await self._telemetry(parsed, payload)
-            elif parsed.channel == "status":
-                # An empty retained message only clears the retained status.
-                if payload and parsed.kind == AGENT_SEGMENT:
-                    self._validator.agent_status(parsed, payload)
-                elif payload:
-                    self._validator.status(parsed, payload)
-                self._counts["status"] += 1
-            else:
-                self._validator.event(parsed, payload)
-                self._counts["event"] += 1
-        except ContractError as exc:
-            reason, detail = Reason(exc.reason), exc.detail
-        except Exception as exc:
-            # A bug of ours or a failing stream: keep the bytes with the reason
-            # (the first time with a traceback) instead of losing the message.
-            if not self._internal_error_logged:
-                self._internal_error_logged = True
-                log.exception("gateway: internal error on %s", topic)
-            reason, detail = Reason.INTERNAL, f"{type(exc).__name__}: {exc}"
-        else:
+        route = self._router.route(topic, payload)
+        for record in route.readings:
+            try:
+                await self._forward(record.key, record.value)
+            except Exception as exc:
+                # A failing stream: keep the bytes with the reason (the first
+                # time with a traceback) instead of losing the reading.
+                if not self._internal_error_logged:
+                    self._internal_error_logged = True
+                    log.exception("gateway: forwarding to the stream failed on %s", topic)
+                self._router.unforward()
+                route = self._router.refuse(
+                    topic, payload, Reason.INTERNAL, f"{type(exc).__name__}: {exc}"
+                )
+                break
+            self._forwarded.set()
+            if self._on_forwarded is not None:
+                self._on_forwarded(record.node, record.seq)
+        if self._presence is not None:
+            for record in route.presence:
+                try:
+                    await self._presence(record.key, record.value)
+                except Exception:
+                    self._counts["lost"] += 1
+                    log.exception("gateway: presence sink failed")
+        if route.refused is None:
             return
         try:
-            await self._refuse(topic, payload, reason, detail)
+            await self._dead_letter(route.refused)
         except Exception:
             # Not even the dead-letter sink works (a failed store): count the
             # loss where operators see it, log once, keep consuming.
             self._counts["lost"] += 1
             if self._counts["lost"] == 1:
                 log.exception("gateway: dead-letter sink failed; messages are being lost")
-
-    async def _telemetry(self, topic: Topic, payload: bytes) -> None:
-        reading, device = self._validator.telemetry(topic, payload)
-        verdict = self._dedup.check(reading.node, reading.seq)
-        if verdict is Verdict.DUPLICATE:
-            self._counts["duplicate"] += 1
-            return
-        envelope = EnrichedReading(
-            v=CONTRACT_VERSION,
-            reading=msgspec.Raw(payload),
-            placement=device.placement,
-            received_ms=self._clock.now_ms(),
-        )
-        await self._forward(reading.node.encode(), encode(envelope))
-        self._counts["forwarded"] += 1
-        self._forwarded.set()
-        if self._on_forwarded is not None:
-            self._on_forwarded(reading.node, reading.seq)
-
-    async def _refuse(self, topic: str, payload: bytes, reason: Reason, detail: str) -> None:
-        first = not self._reasons[reason.value]
-        if first:
-            # One line per new kind of trouble, not one per message.
-            log.warning("gateway: first dead letter for %s on %s: %s", reason.value, topic, detail)
-        await self._dead_letter(
-            DeadLetter(
-                v=CONTRACT_VERSION,
-                received_ms=self._clock.now_ms(),
-                source="gateway",
-                topic=topic[:512],
-                reason=reason,
-                detail=detail[:2048],
-                payload=payload[:DEAD_LETTER_KEEP_BYTES],
-                payload_size=len(payload),
-            )
-        )
-        # Counted once stored: the counts must add up to what was received.
-        self._counts["dead_letter"] += 1
-        self._reasons[reason.value] += 1
 
 
 def _payload_bytes(payload: object) -> bytes:

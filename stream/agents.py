@@ -1,33 +1,60 @@
-"""The reading agent: per-node state, rules from the engine, results to sinks.
+"""The stream agents: readings and presence in, warnings out. The same in both modes.
 
-A thin shell around pure code: decode the gateway's envelope, store the
-reading, update the node's rule state, and hand every warning that changed to
-the sink and to the alert side.
+A thin shell around pure code (`stream.engine`, `stream.presence`): decode
+the gateway's envelopes, keep per-node state, store what arrived and hand
+every warning that changed to the sink and to `on_warning`.
 
-Rule state is a mapping of node id to encoded `NodeState`. The embedded mode
-passes a plain dict: there is nothing durable to recover from in one process,
-and a faust Table without Kafka would queue a changelog record per reading
-that no producer ever sends (memory growing with every reading). The
-distributed mode (issue 4) is meant to pass a faust Table here, whose Kafka
-changelog lets a restarted or rebalanced worker resume.
+The embedded mode feeds the agents from in-memory channels and keeps state in
+dicts; the distributed mode feeds them from Kafka topics keyed by node and
+keeps state in faust Tables, whose Kafka changelogs let a restarted or
+rebalanced worker resume. (A faust Table without Kafka would queue a
+changelog record per update that nothing ever sends.)
 
-Per-node order matters for hysteresis, so the agent runs with concurrency 1
-(in the distributed mode, partitions keyed by node keep order per node).
-A reading that breaks something here is logged and counted; the agent
-never dies on one message.
+Readings are handled in batches (`take`), in this order, so that a worker
+killed at any point loses nothing and pages nobody twice:
+
+1. every new reading goes to the sink, and the sink is flushed (durable);
+2. every warning the batch raised is stored and handed on (`on_warning`
+   returns once Kafka, or the alert service, has it);
+3. only then is the per-node state written (its changelog record sent);
+4. faust acknowledges the batch's offsets only after all of that.
+
+A worker that dies between 1 and 4 gets the batch again. Readings its state
+already holds are recognised by the per-node sequence window and skipped;
+the others are evaluated again from the same state, so they raise the same
+warnings (same fingerprint, level and time), which the alert book ignores.
+
+Per-node order matters for hysteresis, so each agent runs with concurrency
+1 (Kafka partitions keyed by node keep the order per node). A reading that
+breaks something here is logged and counted; the agent never dies on one
+message. A sink that fails is retried (with backoff, logged once) rather
+than skipped: the stream stalls and Kafka holds the backlog.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
+import random
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from functools import partial
 from typing import Any, Protocol
 
 import faust
 
-from cityvitals.contract import Placement, Reading, Warning, decode_enriched, encode
-from stream.engine import RuleEngine, decode_state, encode_state
+from cityvitals.clock import Clock, SystemClock
+from cityvitals.contract import (
+    Placement,
+    Reading,
+    Warning,
+    decode_enriched,
+    decode_presence,
+    encode,
+)
+from stream.engine import NodeState, RuleEngine, decode_state, encode_state, first_time
+from stream.presence import Presence, PresencePolicy, PresenceTracker
+from stream.presence import decode_presence as decode_presence_state
+from stream.presence import encode_presence as encode_presence_state
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +66,24 @@ class ReadingSink(Protocol):
 
     async def write_warning(self, warning: Warning, body: bytes) -> None: ...
 
+    async def flush(self) -> None: ...
+
 
 WarningHandler = Callable[[Warning], Awaitable[None]]
+#: Whether this worker owns a node's state now (its partition is assigned here).
+Owns = Callable[[str], bool]
+
+
+def _owns_everything(node: str) -> bool:
+    return True
 
 
 class ReadingPipeline:
-    """Wire the reading agent into `app`; must be built before the app starts."""
+    """Wire the agents into `app`; must be built before the app starts.
+
+    `source` and `presence_source` default to in-memory channels (embedded
+    mode); the distributed worker passes Kafka topics and faust Tables.
+    """
 
     def __init__(
         self,
@@ -54,54 +93,258 @@ class ReadingPipeline:
         on_warning: WarningHandler,
         engine: RuleEngine | None = None,
         source: Any = None,
+        presence_source: Any = None,
         state: MutableMapping[str, bytes] | None = None,
+        presence_state: MutableMapping[str, bytes] | None = None,
+        presence: PresencePolicy | None = None,
+        clock: Clock | None = None,
+        batch_size: int = 500,
+        batch_within_s: float = 0.2,
+        owns: Owns = _owns_everything,
+        retry_backoff: tuple[float, float] = (0.5, 15.0),
     ) -> None:
         self.app = app
         self.engine = engine or RuleEngine()
         self._sink = sink
         self._on_warning = on_warning
+        self._clock = clock or SystemClock()
         self.source = source if source is not None else app.channel()
+        self.presence_source = presence_source if presence_source is not None else app.channel()
         self.state: MutableMapping[str, bytes] = {} if state is None else state
-        self.agent = app.agent(self.source, name="evaluate_readings", concurrency=1)(self._evaluate)
+        self.presence_state: MutableMapping[str, bytes] = (
+            {} if presence_state is None else presence_state
+        )
+        self.tracker = PresenceTracker(presence)
+        self._batch_size = batch_size
+        self._batch_within_s = batch_within_s
+        self._owns = owns
+        self._retry_backoff = retry_backoff
+        # The presence state is changed by three tasks (readings, presence
+        # reports, the silence sweep); each read-modify-write holds the lock
+        # across its await so none overwrites another's update.
+        self._presence_lock = asyncio.Lock()
+        # Newest gateway receive time seen: how the sweep tells a stalled
+        # pipeline from silent sensors.
+        self._watermark_ms = 0
+        policy = presence or PresencePolicy()
+        self._stall_ms = min([policy.silent_after_s, *policy.silent_after_by_kind.values()]) * 500
+        self._stall_logged = False
+        self.readings_agent = app.agent(self.source, name="evaluate_readings", concurrency=1)(
+            self._evaluate
+        )
+        self.presence_agent = app.agent(self.presence_source, name="track_presence", concurrency=1)(
+            self._track_presence
+        )
         self.processed = 0
+        self.duplicates = 0
         self.warnings = 0
         self.errors = 0
+        self.presence_reports = 0
         self._progress = asyncio.Event()
         self._last_error = ""
+        self._sink_failing = False
+
+    # -- embedded-mode entry points ---------------------------------------
 
     async def send(self, key: bytes, value: bytes) -> None:
-        """Embedded mode: what the gateway forwards to (an in-memory channel)."""
+        """Embedded mode: what the gateway forwards readings to (an in-memory channel)."""
         await self.source.send(key=key, value=value)
+
+    async def send_presence(self, key: bytes, value: bytes) -> None:
+        """Embedded mode: what the gateway forwards presence reports to."""
+        await self.presence_source.send(key=key, value=value)
 
     async def wait_processed(self, count: int) -> None:
         """Return once `count` readings have been handled (stored and evaluated)."""
-        while self.processed + self.errors < count:
+        while self.processed + self.duplicates + self.errors < count:
             self._progress.clear()
             await self._progress.wait()
 
+    # -- readings ---------------------------------------------------------
+
     async def _evaluate(self, stream: faust.StreamT[bytes]) -> None:
-        async for value in stream:
+        async for batch in stream.take(self._batch_size, within=self._batch_within_s):
+            # Shielded: a stop in the middle finishes the batch (so nothing
+            # acknowledged is lost) before the agent unwinds.
+            work = asyncio.ensure_future(self._batch(batch))
             try:
-                await self._handle(value)
-                self.processed += 1
-            except Exception as exc:
-                # Bytes reach here only after the gateway validated them, so
-                # this is our bug or a failing sink, not bad input: log each
-                # new kind of failure with its traceback, count the repeats.
-                self.errors += 1
-                kind = f"{type(exc).__name__}: {exc}"
-                if kind != self._last_error:
-                    self._last_error = kind
-                    log.exception("stream: failed to process a reading (%d so far)", self.errors)
+                await asyncio.shield(work)
+            except asyncio.CancelledError:
+                await asyncio.wait_for(work, 30)
+                raise
             self._progress.set()
 
-    async def _handle(self, value: bytes) -> None:
-        envelope, reading = decode_enriched(value)
-        await self._sink.write_reading(reading, envelope.placement, envelope.received_ms)
-        state = decode_state(self.state.get(reading.node))
-        changed = self.engine.evaluate(reading, envelope.placement, state)
-        self.state[reading.node] = encode_state(state)
-        for warning in changed:
+    async def _batch(self, values: Sequence[bytes]) -> None:
+        states: dict[str, NodeState] = {}
+        heard: dict[str, tuple[Reading, Placement, int]] = {}
+        fresh: list[tuple[Reading, Placement, int]] = []
+        raised: list[Warning] = []
+        for value in values:
+            try:
+                envelope, reading = decode_enriched(value)
+                node = reading.node
+                state = states.get(node)
+                if state is None:
+                    state = states[node] = decode_state(self.state.get(node))
+                if not first_time(state, reading.seq):
+                    self.duplicates += 1
+                    continue
+                raised += self.engine.evaluate(reading, envelope.placement, state)
+                heard[node] = (reading, envelope.placement, envelope.received_ms)
+                self._watermark_ms = max(self._watermark_ms, envelope.received_ms)
+                fresh.append(heard[node])
+            except Exception as exc:
+                # Bytes reach here only after the gateway validated them, so
+                # this is our bug, not bad input: log each new kind of
+                # failure with its traceback, count the repeats.
+                self.errors += 1
+                self._failed(exc)
+        for reading, placement, received_ms in fresh:
+            await self._until_done(
+                partial(self._sink.write_reading, reading, placement, received_ms)
+            )
+        await self._until_done(self._sink.flush)
+        self.processed += len(fresh)
+        await self._emit(raised)
+        for node, state in states.items():
+            self.state[node] = encode_state(state)
+        if heard:
+            async with self._presence_lock:
+                await self._heard(heard)
+
+    async def _heard(self, heard: dict[str, tuple[Reading, Placement, int]]) -> None:
+        updates: dict[str, Presence] = {}
+        changed: list[Warning] = []
+        for node, (reading, placement, received_ms) in heard.items():
+            p = updates[node] = decode_presence_state(self.presence_state.get(node))
+            w = self.tracker.heard(
+                p,
+                node=node,
+                kind=reading.kind,
+                placement=placement,
+                received_ms=received_ms,
+                seq=reading.seq,
+            )
+            if w is not None:
+                changed.append(w)
+        await self._emit(changed)
+        for node, p in updates.items():
+            self.presence_state[node] = encode_presence_state(p)
+
+    # -- presence ---------------------------------------------------------
+
+    async def _track_presence(self, stream: faust.StreamT[bytes]) -> None:
+        async for value in stream:
+            try:
+                report = decode_presence(value)
+                self._watermark_ms = max(self._watermark_ms, report.received_ms)
+                async with self._presence_lock:
+                    p = decode_presence_state(self.presence_state.get(report.node))
+                    w = self.tracker.status(
+                        p,
+                        node=report.node,
+                        kind=report.kind,
+                        placement=report.placement,
+                        state=report.state,
+                        received_ms=report.received_ms,
+                        ts_ms=report.ts_ms,
+                        agent=report.agent,
+                    )
+                    if w is not None:
+                        await self._emit([w])
+                    self.presence_state[report.node] = encode_presence_state(p)
+                self.presence_reports += 1
+            except Exception as exc:
+                self.errors += 1
+                self._failed(exc)
+
+    async def sweep(self) -> int:
+        """Warn for every owned node silent too long; return how many warnings.
+
+        Skipped while this worker itself has heard nothing for half the
+        shortest timeout: then the gateway or Kafka is down, not every
+        sensor at once, and a thousand "silent" pages would bury the one
+        that matters.
+        """
+        now_ms = self._clock.now_ms()
+        stalled_ms = now_ms - self._watermark_ms
+        if not self._watermark_ms:
+            return 0  # nothing received since start: nothing to judge yet
+        if stalled_ms > self._stall_ms:
+            if not self._stall_logged:
+                self._stall_logged = True
+                log.warning(
+                    "presence: nothing received for %.0f s; silence checks paused until the "
+                    "stream flows again",
+                    stalled_ms / 1000,
+                )
+            return 0
+        if self._stall_logged:
+            self._stall_logged = False
+            log.info("presence: the stream flows again; silence checks resumed")
+        count = 0
+        async with self._presence_lock:
+            for node, data in list(self.presence_state.items()):
+                if not self._owns(node):
+                    continue
+                p = decode_presence_state(data)
+                before = p.state
+                w = self.tracker.sweep(p, node=node, now_ms=now_ms)
+                if w is not None:
+                    await self._emit([w])
+                    count += 1
+                if w is not None or p.state != before:
+                    self.presence_state[node] = encode_presence_state(p)
+        return count
+
+    async def sweep_every(self, seconds: float) -> None:
+        """Run `sweep` forever; one task per worker."""
+        while True:
+            await asyncio.sleep(seconds)
+            try:
+                found = await self.sweep()
+            except Exception as exc:
+                self._failed(exc)
+                continue
+            if found:
+                log.info("presence: %d node(s) went silent", found)
+
+    # -- shared -----------------------------------------------------------
+
+    async def _emit(self, warnings: list[Warning]) -> None:
+        for warning in warnings:
             self.warnings += 1
-            await self._sink.write_warning(warning, encode(warning))
-            await self._on_warning(warning)
+            body = encode(warning)
+            await self._until_done(partial(self._sink.write_warning, warning, body))
+            await self._until_done(partial(self._on_warning, warning))
+        if warnings:
+            await self._until_done(self._sink.flush)
+
+    async def _until_done(self, step: Callable[[], Awaitable[None]]) -> None:
+        """Retry `step` until it succeeds: a failing sink stalls the stream, never skips."""
+        delay = self._retry_backoff[0]
+        while True:
+            try:
+                await step()
+            except Exception:
+                if not self._sink_failing:
+                    self._sink_failing = True
+                    log.exception("stream: a sink failed; retrying until it recovers")
+                await asyncio.sleep(random.uniform(0, delay))
+                delay = min(delay * 2, self._retry_backoff[1])
+                continue
+            if self._sink_failing:
+                self._sink_failing = False
+                log.info("stream: the sink recovered")
+            return
+
+    def _failed(self, exc: Exception) -> None:
+        kind = f"{type(exc).__name__}: {exc}"
+        if kind != self._last_error:
+            self._last_error = kind
+            log.error(
+                "stream: failed to process a message (%d so far): %s",
+                self.errors,
+                kind,
+                exc_info=exc,
+            )

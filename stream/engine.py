@@ -32,10 +32,46 @@ from stream.rules import DEFAULT_RULES, RuleState, ThresholdRule
 EVIDENCE_READINGS = 5
 
 
+#: Sequence numbers remembered per node below the highest, for `first_time`.
+SEQ_WINDOW = 512
+
+
 class NodeState(msgspec.Struct):
     rules: dict[str, RuleState] = msgspec.field(default_factory=dict)
     #: The last few (ts_ms, value) per metric: the evidence a warning carries.
     recent: dict[str, list[tuple[int, float]]] = msgspec.field(default_factory=dict)
+    #: Highest seq taken, and a bitmap of the SEQ_WINDOW below it (bit i: top - i).
+    seq_top: int = -1
+    seq_seen: bytes = b""
+
+
+def first_time(state: NodeState, seq: int) -> bool:
+    """Record `seq` in the node's window; False if it was taken before.
+
+    The gateway drops most duplicates, but with several gateways on a shared
+    subscription a resent reading can reach a gateway that never saw the
+    original, and a restarted worker gets its last batch again. This window
+    lives in the node's state, so it survives both. A seq older than the
+    window is let through (the sink is keyed by (node, seq) anyway).
+
+    >>> s = NodeState()
+    >>> [first_time(s, q) for q in (5, 6, 5, 900, 6, 899, 899)]
+    [True, True, False, True, True, True, False]
+    """
+    bits = int.from_bytes(state.seq_seen, "little")
+    if seq > state.seq_top:
+        shift = seq - state.seq_top
+        bits = 1 if shift >= SEQ_WINDOW or state.seq_top < 0 else ((bits << shift) | 1)
+        state.seq_top = seq
+    else:
+        offset = state.seq_top - seq
+        if offset >= SEQ_WINDOW:
+            return True
+        if bits >> offset & 1:
+            return False
+        bits |= 1 << offset
+    state.seq_seen = (bits & ((1 << SEQ_WINDOW) - 1)).to_bytes(SEQ_WINDOW // 8, "little")
+    return True
 
 
 _state_encoder = msgspec.msgpack.Encoder()

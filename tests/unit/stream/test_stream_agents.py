@@ -20,6 +20,7 @@ class Sink:
     def __init__(self) -> None:
         self.readings: list[tuple[str, int]] = []
         self.warnings: list[Warning] = []
+        self.flushes = 0
 
     async def write_reading(self, reading, placement, received_ms):
         assert placement == WHERE
@@ -27,6 +28,9 @@ class Sink:
 
     async def write_warning(self, warning, body):
         self.warnings.append(warning)
+
+    async def flush(self):
+        self.flushes += 1
 
 
 def envelope(seq: int, depth: float, node: str = "wl-0001") -> bytes:

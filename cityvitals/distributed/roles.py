@@ -1,0 +1,248 @@
+"""`cityvitals run --role gateway|stream|alerts|all`: each role as an async context manager.
+
+    async with running(settings, {"gateway", "stream"}) as roles:
+        await stop.wait()
+
+Start order follows the data backwards (alerts, stream, gateway), so every
+consumer is up before its producer; stop order is the reverse, each role
+flushing what it holds. Any number of processes may run any roles: gateways
+split the MQTT load through the shared subscription, stream workers split
+the Kafka partitions, and alert processes split the warnings topic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Collection
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Self
+
+from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import KafkaError
+
+from alerts.notify import ConsoleNotifier, Notifier, WebhookNotifier
+from alerts.service import AlertService
+from cityvitals.clock import SystemClock
+from cityvitals.contract import decode_warning
+from cityvitals.distributed.topics import ensure_topics
+from cityvitals.registry import Registry
+from cityvitals.settings import Settings
+from cityvitals.store import EmbeddedStore
+from cityvitals.tasks import cancel_and_wait
+from gateway.kafka_bridge import KafkaGateway, KafkaTopics
+from stream.presence import PresencePolicy
+from stream.worker import StreamWorker, create_worker_app
+
+log = logging.getLogger(__name__)
+
+ROLES = ("gateway", "stream", "alerts")
+
+
+@dataclass
+class Running:
+    """What `running` started, for status lines and tests."""
+
+    gateway: KafkaGateway | None = None
+    stream: StreamWorker | None = None
+    alerts: AlertsRole | None = None
+    store: EmbeddedStore | None = None
+    extra: list[Any] = field(default_factory=list)
+
+
+async def prepare_kafka(settings: Settings) -> None:
+    k = settings.kafka
+    await ensure_topics(
+        k.bootstrap_servers,
+        [k.readings_topic, k.presence_topic, k.warnings_topic, k.dead_letter_topic],
+        partitions=k.partitions,
+        replication=k.replication,
+        copartitioned=[k.readings_topic, k.presence_topic],
+    )
+
+
+@asynccontextmanager
+async def running(settings: Settings, roles: Collection[str]) -> AsyncIterator[Running]:
+    unknown = set(roles) - set(ROLES)
+    if unknown:
+        raise ValueError(f"unknown roles {sorted(unknown)}; expected some of {ROLES}")
+    await prepare_kafka(settings)
+    out = Running()
+    async with AsyncExitStack() as stack:
+        if "alerts" in roles:
+            out.alerts = await stack.enter_async_context(AlertsRole(settings))
+        if "stream" in roles:
+            out.store = await stack.enter_async_context(EmbeddedStore(settings.stream.store_path))
+            out.stream = await stack.enter_async_context(StreamRole(settings, out.store))
+        if "gateway" in roles:
+            registry = Registry.load(settings.registry_path)
+            out.gateway = await stack.enter_async_context(gateway_for(settings, registry))
+        log.info(
+            "running %s (Kafka %s, MQTT %s:%d)",
+            ", ".join(r for r in ROLES if r in roles),
+            settings.kafka.bootstrap_servers,
+            settings.broker.host,
+            settings.broker.port,
+        )
+        yield out
+
+
+def gateway_for(settings: Settings, registry: Registry) -> KafkaGateway:
+    k, g = settings.kafka, settings.gateway
+    return KafkaGateway(
+        settings.broker,
+        registry,
+        bootstrap=k.bootstrap_servers,
+        topics=KafkaTopics(
+            readings=k.readings_topic,
+            presence=k.presence_topic,
+            dead_letters=k.dead_letter_topic,
+        ),
+        client_id=g.client_id,
+        share_group=g.share_group,
+        max_unacked=g.max_unacked,
+        dedup_window=g.dedup_window,
+    )
+
+
+class StreamRole:
+    """One faust worker: the app, its agents and the silence sweep."""
+
+    def __init__(self, settings: Settings, sink: EmbeddedStore) -> None:
+        s, k, p = settings.stream, settings.kafka, settings.presence
+        self.app = create_worker_app(
+            s.app_id,
+            k.bootstrap,
+            data_dir=settings.data_dir,
+            partitions=k.partitions,
+            replication=k.replication,
+            session_timeout_s=s.session_timeout_s,
+        )
+        self.worker = StreamWorker(
+            self.app,
+            readings_topic=k.readings_topic,
+            presence_topic=k.presence_topic,
+            warnings_topic=k.warnings_topic,
+            partitions=k.partitions,
+            sink=sink,
+            presence=PresencePolicy(
+                silent_after_s=p.silent_after_s,
+                silent_after_by_kind={k.value: v for k, v in p.silent_after_by_kind.items()},
+                level=p.level,
+            ),
+            batch_size=s.batch_size,
+            batch_within_s=s.batch_within_s,
+        )
+        self._sweep_every = p.sweep_every_s
+        self._sweeper: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> StreamWorker:
+        await self.app.start()
+        self._sweeper = asyncio.create_task(
+            self.worker.pipeline.sweep_every(self._sweep_every), name="presence-sweep"
+        )
+        return self.worker
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await cancel_and_wait(self._sweeper)
+        await self.app.stop()
+        p = self.worker.pipeline
+        log.info(
+            "stream worker stopped: %d readings, %d duplicates skipped, %d presence reports, "
+            "%d warnings, %d errors",
+            p.processed,
+            p.duplicates,
+            p.presence_reports,
+            p.warnings,
+            p.errors,
+        )
+
+
+class AlertsRole:
+    """Warnings from Kafka into the alert service; offsets committed once handled.
+
+    The consumer group is `<topic prefix>-alerts`. Offsets are committed only
+    after the alert service has processed and delivered (or given up on) the
+    warnings before them, so a restart re-reads, never skips; the alert book
+    ignores a warning it has already applied. The book itself lives in memory
+    (a persisted one is the alert-dispatch issue's job).
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.service: AlertService
+        self._stack = AsyncExitStack()
+        self._task: asyncio.Task[None] | None = None
+        self.consumed = 0
+
+    async def __aenter__(self) -> Self:
+        try:
+            await self._start()
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        return self
+
+    async def _start(self) -> None:
+        a = self.settings.alerts
+        notifiers: list[Notifier] = []
+        if a.console:
+            notifiers.append(ConsoleNotifier(logging.getLogger("cityvitals.alerts").info))
+        if a.webhooks:
+            import aiohttp
+
+            session = await self._stack.enter_async_context(aiohttp.ClientSession())
+            notifiers += [
+                WebhookNotifier(w.url, session, timeout=w.timeout_s, name=w.name)
+                for w in a.webhooks
+            ]
+        self.service = await self._stack.enter_async_context(
+            AlertService(notifiers, clock=SystemClock())
+        )
+        k = self.settings.kafka
+        consumer = AIOKafkaConsumer(
+            k.warnings_topic,
+            bootstrap_servers=k.bootstrap_servers,
+            group_id=f"{k.topic_prefix}-alerts",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+        )
+        await consumer.start()
+        self._stack.push_async_callback(consumer.stop)
+        self._task = asyncio.create_task(self._consume(consumer), name="alerts-consumer")
+        self._stack.push_async_callback(cancel_and_wait, self._task)
+
+    async def _consume(self, consumer: AIOKafkaConsumer) -> None:
+        while True:
+            try:
+                batches = await consumer.getmany(timeout_ms=1000, max_records=500)
+                for records in batches.values():
+                    for record in records:
+                        try:
+                            warning = decode_warning(record.value or b"")
+                        except Exception:
+                            log.exception("alerts: undecodable warning at offset %s", record.offset)
+                            continue
+                        await self.service.submit(warning)
+                        self.consumed += 1
+                if batches:
+                    await self.service.drain()
+                    await consumer.commit()
+            except KafkaError as exc:
+                log.warning("alerts: Kafka error (%s); retrying", exc)
+                await asyncio.sleep(1.0)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._stack.aclose()

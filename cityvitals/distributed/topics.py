@@ -1,0 +1,64 @@
+"""Create the Kafka topics cityvitals needs, or check the ones that exist.
+
+Readings and presence are keyed by node and must have the same number of
+partitions: the stream worker relies on a node's readings, presence and
+state sharing one partition number. A topic that exists with another
+partition count is an error naming it, not something to work around.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from contextlib import suppress
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from cityvitals.errors import CityvitalsError
+
+log = logging.getLogger(__name__)
+
+
+class TopicLayoutError(CityvitalsError):
+    """A topic exists with a partition count the pipeline cannot work with."""
+
+
+async def ensure_topics(
+    bootstrap: str,
+    names: Sequence[str],
+    *,
+    partitions: int,
+    replication: int,
+    copartitioned: Sequence[str] = (),
+) -> None:
+    """Create missing `names`; check that every `copartitioned` topic has `partitions`."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="cityvitals-admin")
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [n for n in names if n not in existing]
+        if missing:
+            with suppress(TopicAlreadyExistsError):  # another role created it meanwhile
+                await admin.create_topics([NewTopic(n, partitions, replication) for n in missing])
+            log.info(
+                "created Kafka topics %s (%d partitions, replication %d)",
+                missing,
+                partitions,
+                replication,
+            )
+        if copartitioned:
+            described = await admin.describe_topics(list(copartitioned))
+            counts = {t["topic"]: len(t["partitions"]) for t in described}
+            wrong = {t: n for t, n in counts.items() if n != partitions}
+            if wrong:
+                raise TopicLayoutError(
+                    f"Kafka topics {wrong} have other partition counts than kafka.partitions "
+                    f"= {partitions}; they must all match (a node's readings, presence and "
+                    "state share one partition number). Set kafka.partitions to match, or "
+                    "recreate the topics."
+                )
+    except KafkaError as exc:
+        raise CityvitalsError(f"cannot set up Kafka topics at {bootstrap}: {exc}") from exc
+    finally:
+        await admin.close()

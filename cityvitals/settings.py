@@ -1,0 +1,362 @@
+"""`cityvitals.toml`: the one config file of every server role, read once and checked whole.
+
+`cityvitals run --role gateway|stream|alerts|all` reads it: where the device
+registry is, how to reach Mosquitto and Kafka, and the settings of the MQTT
+gateway, the stream workers, presence (silent nodes) and alert delivery.
+Every mistake is one `ConfigError` naming the file, the key (as a path such as
+`alerts.webhook[1].url`) and what was expected. Relative paths are relative to
+the file's directory. The annotated example is `deploy/cityvitals.toml`.
+
+>>> import tempfile, pathlib
+>>> text = '''
+... registry = "city.csv"
+... [kafka]
+... bootstrap = ["kafka-1:9092", "kafka-2"]
+... '''
+>>> with tempfile.TemporaryDirectory() as d:
+...     path = pathlib.Path(d) / "cityvitals.toml"
+...     _ = path.write_text(text)
+...     _ = (pathlib.Path(d) / "city.csv").write_text("")
+...     try:
+...         load_settings(path)
+...     except ConfigError as exc:
+...         print(str(exc).replace(d, "DIR"))
+DIR/cityvitals.toml: kafka.bootstrap[1]: expected host:port with a port 1..65535, found 'kafka-2'
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated
+from urllib.parse import urlsplit
+
+import msgspec
+
+from cityvitals.config import BrokerSettings
+from cityvitals.errors import ConfigError
+from cityvitals.kinds import Kind
+from cityvitals.levels import Level
+from cityvitals.tomlconfig import BrokerSection, Schema, broker_settings, resolve_path
+
+__all__ = [
+    "AlertSettings",
+    "AlertsSection",
+    "GatewaySection",
+    "GatewaySettings",
+    "KafkaSection",
+    "KafkaSettings",
+    "MqttSection",
+    "PresenceSection",
+    "PresenceSettings",
+    "Settings",
+    "SettingsFile",
+    "StreamSection",
+    "StreamSettings",
+    "WebhookSection",
+    "WebhookSettings",
+    "default_client_id",
+    "load_settings",
+]
+
+#: Kafka topic and consumer group names: Kafka's legal characters, with room
+#: for the suffixes cityvitals and faust append.
+KAFKA_NAME = r"^[A-Za-z0-9._-]{1,100}\Z"
+_KAFKA_NAME_TEXT = "1 to 100 letters, digits, '.', '_' and '-'"
+#: An MQTT shared-subscription group: `$share/<group>/<filter>`.
+SHARE_GROUP = r"^[^/+#\s]{1,100}\Z"
+#: Empty: "cv-gateway-<hostname>".
+CLIENT_ID = r"^[A-Za-z0-9._:-]{0,128}\Z"
+WEBHOOK_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z"
+
+_DAY = 86_400.0
+
+
+class _Section(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    pass
+
+
+class MqttSection(BrokerSection, frozen=True):
+    """Exactly edge.toml's broker keys; here the url has a default."""
+
+    url: str = "mqtt://127.0.0.1:1883"
+
+
+class KafkaSection(_Section, frozen=True):
+    bootstrap: Annotated[tuple[str, ...], msgspec.Meta(min_length=1)] = ("127.0.0.1:9092",)
+    topic_prefix: Annotated[str, msgspec.Meta(pattern=KAFKA_NAME)] = "cityvitals"
+    partitions: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 8
+    replication: Annotated[int, msgspec.Meta(ge=1, le=10)] = 1
+
+
+class GatewaySection(_Section, frozen=True):
+    client_id: Annotated[str, msgspec.Meta(pattern=CLIENT_ID)] = ""
+    share_group: Annotated[str, msgspec.Meta(pattern=SHARE_GROUP)] = "cityvitals-gateway"
+    max_unacked: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 1000
+    dedup_window: Annotated[int, msgspec.Meta(ge=1, le=65536)] = 4096
+
+
+class StreamSection(_Section, frozen=True):
+    app_id: Annotated[str, msgspec.Meta(pattern=KAFKA_NAME)] = "cityvitals-stream"
+    batch_size: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 500
+    batch_within_s: Annotated[float, msgspec.Meta(gt=0, le=60)] = 0.2
+    store: str = "cityvitals.sqlite3"
+    #: Kafka consumer-group session timeout: a dead worker's partitions move
+    #: after this long. Kafka brokers refuse less than 6 s by default.
+    session_timeout_s: Annotated[float, msgspec.Meta(ge=6, le=1800)] = 10.0
+
+
+class PresenceSection(_Section, frozen=True):
+    silent_after_s: Annotated[float, msgspec.Meta(gt=0, le=7 * _DAY)] = 900.0
+    silent_after_by_kind: dict[Kind, Annotated[float, msgspec.Meta(gt=0, le=7 * _DAY)]] = {}
+    level: str = "yellow"
+    sweep_every_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 10.0
+
+
+class WebhookSection(_Section, frozen=True):
+    name: Annotated[str, msgspec.Meta(pattern=WEBHOOK_NAME)]
+    url: str
+    timeout_s: Annotated[float, msgspec.Meta(gt=0, le=300)] = 10.0
+
+
+class AlertsSection(_Section, frozen=True):
+    console: bool = True
+    webhook: tuple[WebhookSection, ...] = ()
+
+
+class SettingsFile(_Section, frozen=True):
+    """The file as written: every table, checked for keys, types and ranges."""
+
+    registry: str
+    data_dir: str = "/var/lib/cityvitals"
+    mqtt: MqttSection = MqttSection()
+    kafka: KafkaSection = KafkaSection()
+    gateway: GatewaySection = GatewaySection()
+    stream: StreamSection = StreamSection()
+    presence: PresenceSection = PresenceSection()
+    alerts: AlertsSection = AlertsSection()
+
+
+_SCHEMA = Schema(
+    SettingsFile,
+    describe="a cityvitals.toml file",
+    hints={
+        "kafka.topic_prefix": _KAFKA_NAME_TEXT,
+        "stream.app_id": _KAFKA_NAME_TEXT,
+        "gateway.share_group": "1 to 100 characters other than '/', '+', '#' and spaces",
+        "gateway.client_id": (
+            "up to 128 letters, digits, '.', '_', ':' and '-' (empty: cv-gateway-<hostname>)"
+        ),
+        "alerts.webhook[].name": (
+            "1 to 64 letters, digits, '.', '_' and '-', starting with a letter or digit"
+        ),
+    },
+)
+
+
+# -- what the services take -------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaSettings:
+    bootstrap: tuple[str, ...] = ("127.0.0.1:9092",)
+    topic_prefix: str = "cityvitals"
+    partitions: int = 8
+    replication: int = 1
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """`host:port,host:port`, as Kafka clients take it."""
+        return ",".join(self.bootstrap)
+
+    @property
+    def readings_topic(self) -> str:
+        return f"{self.topic_prefix}.readings"
+
+    @property
+    def presence_topic(self) -> str:
+        return f"{self.topic_prefix}.presence"
+
+    @property
+    def warnings_topic(self) -> str:
+        return f"{self.topic_prefix}.warnings"
+
+    @property
+    def dead_letter_topic(self) -> str:
+        return f"{self.topic_prefix}.dead-letters"
+
+
+@dataclass(frozen=True, slots=True)
+class GatewaySettings:
+    client_id: str
+    share_group: str = "cityvitals-gateway"
+    max_unacked: int = 1000
+    dedup_window: int = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSettings:
+    store_path: Path
+    app_id: str = "cityvitals-stream"
+    batch_size: int = 500
+    batch_within_s: float = 0.2
+    session_timeout_s: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceSettings:
+    silent_after_s: float = 900.0
+    silent_after_by_kind: dict[Kind, float] = field(default_factory=dict)
+    level: Level = Level.YELLOW
+    sweep_every_s: float = 10.0
+
+    def silent_after(self, kind: Kind) -> float:
+        """Seconds without a message after which a node of `kind` counts as silent."""
+        return self.silent_after_by_kind.get(kind, self.silent_after_s)
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookSettings:
+    name: str
+    url: str
+    timeout_s: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class AlertSettings:
+    console: bool = True
+    webhooks: tuple[WebhookSettings, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    path: Path
+    registry_path: Path
+    data_dir: Path
+    broker: BrokerSettings
+    kafka: KafkaSettings
+    gateway: GatewaySettings
+    stream: StreamSettings
+    presence: PresenceSettings
+    alerts: AlertSettings
+
+
+def load_settings(path: Path | str) -> Settings:
+    """Read and check a cityvitals.toml; any mistake is one `ConfigError`."""
+    path = Path(path)
+    return _build(path, _SCHEMA.load(path))
+
+
+def _build(path: Path, raw: SettingsFile) -> Settings:
+    registry_path = resolve_path(path, "registry", raw.registry)
+    try:
+        exists = registry_path.is_file()
+    except OSError:
+        exists = False
+    if not exists:
+        raise ConfigError(
+            path,
+            "registry",
+            "an existing device registry CSV (`cityvitals city generate` writes one)",
+            found=str(registry_path),
+        )
+    data_dir = resolve_path(path, "data_dir", raw.data_dir)
+    return Settings(
+        path=path,
+        registry_path=registry_path,
+        data_dir=data_dir,
+        broker=broker_settings(path, raw.mqtt),
+        kafka=_kafka(path, raw.kafka),
+        gateway=GatewaySettings(
+            client_id=raw.gateway.client_id or default_client_id(),
+            share_group=raw.gateway.share_group,
+            max_unacked=raw.gateway.max_unacked,
+            dedup_window=raw.gateway.dedup_window,
+        ),
+        stream=StreamSettings(
+            store_path=resolve_path(path, "stream.store", raw.stream.store, base=data_dir),
+            app_id=raw.stream.app_id,
+            batch_size=raw.stream.batch_size,
+            batch_within_s=raw.stream.batch_within_s,
+            session_timeout_s=raw.stream.session_timeout_s,
+        ),
+        presence=PresenceSettings(
+            silent_after_s=raw.presence.silent_after_s,
+            silent_after_by_kind=dict(raw.presence.silent_after_by_kind),
+            level=_level(path, raw.presence.level),
+            sweep_every_s=raw.presence.sweep_every_s,
+        ),
+        alerts=AlertSettings(
+            console=raw.alerts.console, webhooks=_webhooks(path, raw.alerts.webhook)
+        ),
+    )
+
+
+_HOST_PORT = re.compile(
+    r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,252}))"
+    r":(?P<port>[0-9]{1,5})"
+)
+
+
+def _kafka(path: Path, section: KafkaSection) -> KafkaSettings:
+    for i, entry in enumerate(section.bootstrap):
+        match = _HOST_PORT.fullmatch(entry)
+        if match is None or not 1 <= int(match["port"]) <= 65535:
+            raise ConfigError(
+                path, f"kafka.bootstrap[{i}]", "host:port with a port 1..65535", found=entry
+            )
+    return KafkaSettings(
+        bootstrap=section.bootstrap,
+        topic_prefix=section.topic_prefix,
+        partitions=section.partitions,
+        replication=section.replication,
+    )
+
+
+def default_client_id() -> str:
+    """`cv-gateway-<hostname>`: unique per host and the same across restarts."""
+    host = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname()) or "localhost"
+    return f"cv-gateway-{host}"[:128]
+
+
+def _level(path: Path, text: str) -> Level:
+    expected = "a warning level: blue, yellow, orange or red (or IV, III, II, I)"
+    try:
+        level = Level.parse(text)
+    except ValueError:
+        raise ConfigError(path, "presence.level", expected, found=text) from None
+    if level is Level.NONE:
+        raise ConfigError(path, "presence.level", expected, found=text)
+    return level
+
+
+def _webhooks(path: Path, sections: tuple[WebhookSection, ...]) -> tuple[WebhookSettings, ...]:
+    seen: set[str] = set()
+    hooks = []
+    for i, hook in enumerate(sections):
+        key = f"alerts.webhook[{i}]"
+        if hook.name in seen:
+            raise ConfigError(path, f"{key}.name", "a webhook name used once", found=hook.name)
+        seen.add(hook.name)
+        if not _is_http_url(hook.url):
+            raise ConfigError(
+                path, f"{key}.url", "an http:// or https:// url with a host", found=hook.url
+            )
+        hooks.append(WebhookSettings(hook.name, hook.url, hook.timeout_s))
+    return tuple(hooks)
+
+
+def _is_http_url(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # ValueError: not a number or out of range
+    except ValueError:
+        return False
+    return (
+        parts.scheme in ("http", "https")
+        and bool(parts.hostname)
+        and parts.port != 0
+        and not any(c.isspace() or not c.isprintable() for c in url)
+    )

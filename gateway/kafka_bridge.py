@@ -1,0 +1,356 @@
+"""The distributed gateway: MQTT shared subscription in, Kafka out, acks held for backpressure.
+
+Several gateway processes subscribe to `$share/<group>/city/+/+/+`, so the
+broker splits the city's messages between them. Each message is routed
+(`gateway.router`), its records are produced to Kafka keyed by node (readings
+and presence: per-node order is per-partition order), and only when Kafka
+has confirmed every record does the gateway send the MQTT PUBACK.
+
+That last point is the backpressure. The session is MQTT 5 with a Receive
+Maximum of `max_unacked`: the broker never has more than that many QoS 1
+messages in flight to us, and when Kafka is slow or down our PUBACKs stop,
+so the broker keeps the rest queued in our persistent session instead of us
+buffering (or dropping) them. When Kafka answers again, the held messages
+are acknowledged in the order they arrived and the flow resumes.
+
+The session is persistent (fixed client id, `clean_start` off, a session
+expiry): messages that arrive while this gateway restarts wait at the broker.
+A connection that drops with messages unacknowledged gets them again on
+reconnect; the ones already produced become duplicates that the dedup
+window here, or the stream worker's per-node window, drops.
+
+paho (under aiomqtt) has manual acknowledgement (`manual_ack_set`, `ack`)
+but aiomqtt does not expose it, so this module reaches the paho client as
+`client._client`: the one private attribute we depend on, pinned by
+aiomqtt<3 in pyproject and covered by the integration tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Self
+
+import aiomqtt
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from cityvitals.clock import Clock, SystemClock
+from cityvitals.config import BrokerSettings
+from cityvitals.contract import encode
+from cityvitals.registry import Registry
+from cityvitals.tasks import cancel_and_wait
+from cityvitals.topics import ALL_NODES_FILTER
+from gateway.dedup import SeqWindow
+from gateway.router import Route, Router, RouterStats
+
+log = logging.getLogger(__name__)
+
+#: How long a persistent session (and the messages queued in it) outlives a
+#: disconnected gateway at the broker.
+SESSION_EXPIRY_S = 7 * 24 * 3600
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaTopics:
+    readings: str
+    presence: str
+    dead_letters: str
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaGatewayStats:
+    routed: RouterStats
+    #: Messages acknowledged to the broker (their records are in Kafka).
+    acked: int
+    #: Messages received and not acknowledged yet (waiting for Kafka).
+    unacked: int
+    #: Produce attempts that failed and were retried.
+    produce_retries: int
+
+
+@dataclass(slots=True)
+class _Held:
+    """One MQTT message waiting for Kafka before its PUBACK."""
+
+    mid: int
+    qos: int
+    records: list[tuple[str, bytes | None, bytes]]
+    deliveries: list[asyncio.Future[Any]]
+
+
+class KafkaGateway:
+    """`async with KafkaGateway(...) as gw:` runs until the context exits (or SIGTERM)."""
+
+    def __init__(
+        self,
+        broker: BrokerSettings,
+        registry: Registry,
+        *,
+        bootstrap: str,
+        topics: KafkaTopics,
+        client_id: str,
+        share_group: str = "cityvitals-gateway",
+        max_unacked: int = 1000,
+        dedup_window: int = 4096,
+        clock: Clock | None = None,
+        backoff: tuple[float, float] = (0.2, 10.0),
+        rng: random.Random | None = None,
+        drain_timeout: float = 10.0,
+        linger_ms: int = 5,
+        stall_s: float = 5.0,
+    ) -> None:
+        if not 1 <= max_unacked <= 65535:
+            raise ValueError("max_unacked must be 1..65535 (MQTT's Receive Maximum)")
+        self.broker = broker
+        self.topics = topics
+        self._bootstrap = bootstrap
+        self._client_id = client_id
+        self._filter = f"$share/{share_group}/{ALL_NODES_FILTER}"
+        self._max_unacked = max_unacked
+        self._router = Router(
+            registry, clock=clock or SystemClock(), dedup=SeqWindow(window=dedup_window)
+        )
+        self._backoff = backoff
+        self._rng = rng or random.Random()
+        self._drain_timeout = drain_timeout
+        self._linger_ms = linger_ms
+        self._stall_s = stall_s
+        self._producer: AIOKafkaProducer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._held: asyncio.Queue[_Held] = asyncio.Queue()
+        self._subscribed = asyncio.Event()
+        self._acked = 0
+        self._retries = 0
+        self._kafka_failing = False
+        self.last_error: Exception | None = None
+
+    async def __aenter__(self) -> Self:
+        self._task = asyncio.create_task(self._run(), name="kafka-gateway")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await cancel_and_wait(self._task)
+        s = self.stats()
+        r = s.routed
+        log.info(
+            "gateway stopped: %d received, %d forwarded, %d duplicates, %d dead letters %s, "
+            "%d acknowledged, %d left unacknowledged for the broker to resend",
+            r.received,
+            r.forwarded,
+            r.duplicates,
+            r.dead_letters,
+            r.by_reason or "",
+            s.acked,
+            s.unacked,
+        )
+
+    async def wait_subscribed(self) -> None:
+        await self._subscribed.wait()
+
+    def stats(self) -> KafkaGatewayStats:
+        return KafkaGatewayStats(
+            routed=self._router.stats(),
+            acked=self._acked,
+            unacked=self._held.qsize(),
+            produce_retries=self._retries,
+        )
+
+    # -- the loop ---------------------------------------------------------
+
+    async def _run(self) -> None:
+        producer = await self._start_producer()
+        try:
+            await self._consume_forever(producer)
+        finally:
+            # Flush what Kafka has accepted; the unacknowledged rest is resent
+            # by the broker to whichever gateway of the group is up.
+            try:
+                await asyncio.wait_for(producer.stop(), self._drain_timeout)
+            except (TimeoutError, KafkaError) as exc:
+                log.warning("gateway: Kafka producer did not stop cleanly: %s", exc)
+
+    async def _start_producer(self) -> AIOKafkaProducer:
+        delay = self._backoff[0]
+        logged = False
+        while True:
+            producer = AIOKafkaProducer(
+                bootstrap_servers=self._bootstrap,
+                client_id=self._client_id,
+                acks="all",
+                # Idempotence: a retried batch is written once and in order.
+                enable_idempotence=True,
+                linger_ms=self._linger_ms,
+                max_batch_size=256 * 1024,
+            )
+            try:
+                await producer.start()
+            except KafkaError as exc:
+                await producer.stop()
+                self.last_error = exc
+                if not logged:
+                    logged = True
+                    log.warning(
+                        "gateway cannot reach Kafka at %s (%s); retrying, not consuming MQTT",
+                        self._bootstrap,
+                        exc,
+                    )
+                await asyncio.sleep(self._rng.uniform(0, delay))
+                delay = min(delay * 2, self._backoff[1])
+                continue
+            log.info("gateway connected to Kafka at %s", self._bootstrap)
+            self._producer = producer
+            return producer
+
+    async def _consume_forever(self, producer: AIOKafkaProducer) -> None:
+        delay = self._backoff[0]
+        while True:
+            try:
+                await self._session(producer)
+            except aiomqtt.MqttError as exc:
+                self._connection_failed(exc)
+            await asyncio.sleep(self._rng.uniform(0, delay))
+            delay = min(delay * 2, self._backoff[1])
+            if self._subscribed.is_set():
+                delay = self._backoff[0]
+
+    async def _session(self, producer: AIOKafkaProducer) -> None:
+        connect = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        connect.SessionExpiryInterval = SESSION_EXPIRY_S
+        connect.ReceiveMaximum = self._max_unacked
+        client = aiomqtt.Client(
+            self.broker.host,
+            self.broker.port,
+            identifier=self._client_id,
+            username=self.broker.username,
+            password=self.broker.password,
+            tls_context=self.broker.tls,
+            keepalive=self.broker.keepalive,
+            protocol=aiomqtt.ProtocolVersion.V5,
+            clean_start=False,
+            properties=connect,
+        )
+        # See the module docstring: PUBACK only once Kafka has the records.
+        client._client.manual_ack_set(True)
+        self._held = asyncio.Queue()
+        async with client:
+            acker = asyncio.create_task(self._ack_in_order(client, producer), name="gateway-acks")
+            try:
+                await client.subscribe(self._filter, qos=1)
+                log.info(
+                    "gateway subscribed to %s on %s:%d as %s",
+                    self._filter,
+                    self.broker.host,
+                    self.broker.port,
+                    self._client_id,
+                )
+                self._subscribed.set()
+                async for message in client.messages:
+                    payload = message.payload
+                    data = bytes(payload) if isinstance(payload, bytes | bytearray) else b""
+                    route = self._router.route(message.topic.value, data)
+                    records = self._records(route)
+                    deliveries = [await self._send(producer, *r) for r in records]
+                    # Unbounded queue, bounded by the broker: at most
+                    # Receive Maximum messages are ever unacknowledged.
+                    self._held.put_nowait(_Held(message.mid, message.qos, records, deliveries))
+                    await asyncio.sleep(0)
+            finally:
+                await cancel_and_wait(acker)
+                self._subscribed.clear()
+
+    def _records(self, route: Route) -> list[tuple[str, bytes | None, bytes]]:
+        out: list[tuple[str, bytes | None, bytes]] = [
+            (self.topics.readings, r.key, r.value) for r in route.readings
+        ]
+        out += [(self.topics.presence, r.key, r.value) for r in route.presence]
+        if route.refused is not None:
+            out.append((self.topics.dead_letters, None, encode(route.refused)))
+        return out
+
+    async def _send(
+        self, producer: AIOKafkaProducer, topic: str, key: bytes | None, value: bytes
+    ) -> asyncio.Future[Any]:
+        try:
+            # `send` waits while the producer's buffer is full: backpressure.
+            delivery: asyncio.Future[Any] = await producer.send(topic, value, key=key)
+        except KafkaError as exc:
+            delivery = asyncio.get_running_loop().create_future()
+            delivery.set_exception(exc)
+        return delivery
+
+    async def _ack_in_order(self, client: aiomqtt.Client, producer: AIOKafkaProducer) -> None:
+        paho = client._client
+        while True:
+            held = await self._held.get()
+            await self._until_delivered(producer, held)
+            if held.qos > 0:
+                paho.ack(held.mid, held.qos)
+            self._acked += 1
+
+    async def _until_delivered(self, producer: AIOKafkaProducer, held: _Held) -> None:
+        """Wait for Kafka to confirm every record; re-send failed ones until it does."""
+        delay = self._backoff[0]
+        while True:
+            _, waiting = await asyncio.wait(held.deliveries, timeout=self._stall_s)
+            if waiting:
+                self._holding(f"Kafka has not confirmed records for {self._stall_s:g} s")
+                await asyncio.wait(waiting)
+            failed = []
+            for i, delivery in enumerate(held.deliveries):
+                try:
+                    await delivery
+                except KafkaError as exc:
+                    failed.append(i)
+                    self.last_error = exc
+            if not failed:
+                if self._kafka_failing:
+                    self._kafka_failing = False
+                    log.info("gateway: Kafka accepts records again; acknowledging held messages")
+                return
+            self._holding(f"Kafka refused records ({self.last_error})")
+            self._retries += len(failed)
+            await asyncio.sleep(self._rng.uniform(0, delay))
+            delay = min(delay * 2, self._backoff[1])
+            for i in failed:
+                held.deliveries[i] = await self._send(producer, *held.records[i])
+
+    def _holding(self, why: str) -> None:
+        if self._kafka_failing:
+            return
+        self._kafka_failing = True
+        log.warning(
+            "gateway: %s; holding MQTT acknowledgements (%d messages waiting), the broker "
+            "keeps the rest queued",
+            why,
+            self._held.qsize() + 1,
+        )
+
+    def _connection_failed(self, exc: Exception) -> None:
+        first = self.last_error is None
+        self.last_error = exc
+        if self._subscribed.is_set():
+            log.warning(
+                "gateway lost the broker (%s); reconnecting (%d unacknowledged messages will be "
+                "resent by the broker)",
+                exc,
+                self._held.qsize(),
+            )
+        elif first:
+            log.warning(
+                "gateway cannot reach the broker at %s:%d (%s); retrying",
+                self.broker.host,
+                self.broker.port,
+                exc,
+            )
+        self._subscribed.clear()

@@ -1,0 +1,195 @@
+"""The distributed stream worker: the same agents, fed by Kafka, state in faust Tables.
+
+Several workers with one `app_id` form a Kafka consumer group and split the
+partitions of the readings and presence topics between them. Both topics
+are keyed by node id and have the same number of partitions, so a node's
+readings, its presence reports and its two tables (rule state, presence)
+all live on partition `murmur2(node) % partitions` and on one worker.
+
+The tables are written with `use_partitioner=True`: their changelog
+partition comes from the key through the same partitioner the gateway's
+producer uses, not from "the event being processed". That is what lets the
+agents write state after a whole batch, and the silence sweep write it with
+no event at all, and still land each node's state in its own partition.
+
+Standby replicas are off: with them a worker would also hold (and sweep)
+the state of partitions it does not own. A rebalanced worker recovers a
+partition's state from its changelog before the agents see its messages.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, MutableMapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import faust
+from aiokafka.partitioner import murmur2
+from faust.types import TP
+
+from cityvitals.clock import Clock
+from cityvitals.contract import Warning, encode
+from stream.agents import ReadingPipeline, ReadingSink
+from stream.engine import RuleEngine
+from stream.presence import PresencePolicy
+
+log = logging.getLogger(__name__)
+
+
+def create_worker_app(
+    app_id: str,
+    bootstrap: Sequence[str],
+    *,
+    data_dir: Path,
+    partitions: int,
+    replication: int = 1,
+    session_timeout_s: float = 10.0,
+) -> faust.App:
+    """A faust App on Kafka; `bootstrap` is a list of host:port."""
+    datadir = data_dir / "faust" / app_id
+    datadir.mkdir(parents=True, exist_ok=True)
+    return faust.App(
+        app_id,
+        broker=";".join(f"kafka://{server}" for server in bootstrap),
+        store="memory://",
+        datadir=str(datadir),
+        web_enabled=False,
+        autodiscover=False,
+        # Tables take their changelog serializers from here: our state is bytes.
+        key_serializer="raw",
+        value_serializer="raw",
+        topic_partitions=partitions,
+        topic_replication_factor=replication,
+        table_standby_replicas=0,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        # A dead worker's partitions move after this long, not faust's 60 s.
+        broker_session_timeout=session_timeout_s,
+        broker_heartbeat_interval=max(1.0, session_timeout_s / 4),
+    )
+
+
+class NodeTable(MutableMapping[str, bytes]):
+    """A faust Table seen as node id → bytes; its keys are raw bytes in Kafka.
+
+    Tables recover keys exactly as the changelog holds them (bytes, with a
+    raw serializer), so the keys are bytes at run time too.
+    """
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
+
+    def __getitem__(self, node: str) -> bytes:
+        value = self.table.get(node.encode())
+        if value is None:
+            raise KeyError(node)
+        return bytes(value)
+
+    def __setitem__(self, node: str, value: bytes) -> None:
+        self.table[node.encode()] = value
+
+    def __delitem__(self, node: str) -> None:
+        del self.table[node.encode()]
+
+    def __iter__(self) -> Iterator[str]:
+        return (bytes(k).decode() for k in list(self.table.keys()))
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+
+def partition_of(node: str, partitions: int) -> int:
+    """The partition Kafka's default partitioner puts `node`'s records in.
+
+    >>> partition_of("wl-0001", 8) == partition_of("wl-0001", 8)
+    True
+    """
+    return int(murmur2(node.encode()) & 0x7FFFFFFF) % partitions
+
+
+class StreamWorker:
+    """Topics, tables and agents of one worker; start it with `await worker.app.start()`."""
+
+    def __init__(
+        self,
+        app: faust.App,
+        *,
+        readings_topic: str,
+        presence_topic: str,
+        warnings_topic: str,
+        partitions: int,
+        sink: ReadingSink,
+        presence: PresencePolicy | None = None,
+        engine: RuleEngine | None = None,
+        clock: Clock | None = None,
+        batch_size: int = 500,
+        batch_within_s: float = 0.2,
+    ) -> None:
+        self.app = app
+        self.partitions = partitions
+
+        def topic(name: str) -> Any:
+            return app.topic(
+                name,
+                key_type=bytes,
+                value_type=bytes,
+                key_serializer="raw",
+                value_serializer="raw",
+                partitions=partitions,
+            )
+
+        def table(name: str) -> Any:
+            return app.Table(
+                name,
+                default=None,
+                key_type=bytes,
+                value_type=bytes,
+                partitions=partitions,
+                use_partitioner=True,
+            )
+
+        self._readings_name = readings_topic
+        self.readings = topic(readings_topic)
+        self.presence = topic(presence_topic)
+        self.warnings = topic(warnings_topic)
+        self.rule_table = table("node-rules")
+        self.presence_table = table("node-presence")
+        self.pipeline = ReadingPipeline(
+            app,
+            sink=sink,
+            on_warning=self._publish_warning,
+            engine=engine,
+            source=self.readings,
+            presence_source=self.presence,
+            state=NodeTable(self.rule_table),
+            presence_state=NodeTable(self.presence_table),
+            presence=presence,
+            clock=clock,
+            batch_size=batch_size,
+            batch_within_s=batch_within_s,
+            owns=self.owns,
+        )
+
+        app.on_partitions_assigned.connect(self._assigned)  # type: ignore[arg-type]
+
+    async def _assigned(self, app: Any, assigned: set[TP], **_: Any) -> None:
+        # One line per rebalance: which partitions of the city this worker holds.
+        mine = sorted(tp.partition for tp in assigned if tp.topic == self._readings_name)
+        log.info(
+            "stream worker assigned partitions %s of %s (%d of %d)",
+            mine,
+            self._readings_name,
+            len(mine),
+            self.partitions,
+        )
+
+    def owns(self, node: str) -> bool:
+        """Whether `node`'s partition is assigned to this worker now."""
+        tp = TP(self._readings_name, partition_of(node, self.partitions))
+        return tp in self.app.assignor.assigned_actives()
+
+    async def _publish_warning(self, warning: Warning) -> None:
+        # Keyed by fingerprint: one alert's changes stay in order.
+        delivery = await self.warnings.send(key=warning.fingerprint.encode(), value=encode(warning))
+        await delivery
