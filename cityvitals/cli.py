@@ -319,13 +319,20 @@ def run(config_path: Path, roles: tuple[str, ...], check: bool, verbose: int) ->
     except CityvitalsError as exc:
         raise click.ClickException(str(exc)) from exc
     if check:
+        from cityvitals.registry import Registry
+
+        try:
+            nodes = len(Registry.load(settings.registry_path))
+        except CityvitalsError as exc:
+            raise click.ClickException(str(exc)) from exc
         k = settings.kafka
         click.echo(
             f"{settings.path}: roles {', '.join(sorted(chosen))}; MQTT "
             f"{settings.broker.host}:{settings.broker.port}"
             f"{' with TLS' if settings.broker.tls else ''}; Kafka {k.bootstrap_servers} "
             f"({k.partitions} partitions, topics {k.readings_topic}, {k.presence_topic}, "
-            f"{k.warnings_topic}, {k.dead_letter_topic}); registry {settings.registry_path}"
+            f"{k.warnings_topic}, {k.dead_letter_topic}); registry {settings.registry_path} "
+            f"({nodes} nodes)"
         )
         return
     _setup_logging(verbose, plain=not sys.stderr.isatty())

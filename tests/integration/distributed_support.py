@@ -197,6 +197,13 @@ class Store:
         rows = self._rows("SELECT count(*) FROM readings")
         return int(rows[0][0]) if rows else 0  # type: ignore[call-overload]
 
+    def rules(self) -> list[tuple[str, str, int]]:
+        """(rule, node, level) of every stored warning, in order."""
+        return [
+            (str(r), str(n), int(lv))  # type: ignore[call-overload]
+            for r, n, lv in self._rows("SELECT rule, node, level FROM warnings ORDER BY rowid")
+        ]
+
     def warnings(self) -> set[tuple[str, int, int]]:
         """Distinct (fingerprint, level, ts_ms): a re-emitted warning is the same warning."""
         return {

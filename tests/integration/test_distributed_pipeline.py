@@ -8,19 +8,24 @@ condition the servers expose (rows in the store, records in a topic).
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections import Counter
 from pathlib import Path
 
 import pytest
 from aiohttp import web
 
+from cityvitals.topics import agent_status_topic, telemetry_topic
 from tests.integration.conftest import KafkaServer
 from tests.integration.distributed_support import (
+    TS,
     HookReceiver,
     RoleProcess,
     Store,
     last_assignment,
     publish,
+    reading,
     running,
     storm_messages,
     subscribed,
@@ -124,3 +129,89 @@ async def test_every_reading_arrives_exactly_once_and_two_workers_warn_like_one(
     assert all(n > 0 for n in done), done
     # At least everything once (a batch handed over in a rebalance can be done twice).
     assert sum(done) >= len(expected), done
+
+
+async def test_a_silent_node_and_an_agent_last_will_become_presence_warnings(
+    tmp_path, mosquitto, kafka_server
+):
+    """A node that stops reporting while others go on is warned about once its timeout
+    passes (presence.silent) and cleared by its next reading; an edge agent's last will
+    warns at once for the nodes it lists (presence.offline)."""
+    quiet, steady, behind_agent = water_nodes()[:3]
+    config = write_config(
+        tmp_path,
+        mqtt=mosquitto,
+        bootstrap=kafka_server.bootstrap,
+        silent_after_s=3.0,
+        sweep_every_s=0.5,
+    )
+    procs = [
+        RoleProcess(config, "gateway", "alerts").start(),
+        RoleProcess(config, "stream").start(),
+    ]
+    store = Store(tmp_path)
+    seq = 0
+
+    async def report(*nodes: str) -> None:
+        nonlocal seq
+        seq += 1
+        await publish(
+            mosquitto, [(telemetry_topic("water_level", n), reading(n, seq, 3.0)) for n in nodes]
+        )
+
+    def presence() -> list[tuple[str, str, int]]:
+        return [r for r in store.rules() if r[0].startswith("presence.")]
+
+    try:
+        await subscribed(procs[0])
+        await report(quiet, steady, behind_agent)
+
+        # The others keep the stream flowing; `quiet` says nothing more.
+        async def keep_reporting() -> None:
+            while True:
+                await report(steady, behind_agent)
+                await asyncio.sleep(0.3)
+
+        beat = asyncio.create_task(keep_reporting())
+        try:
+            await wait_until(
+                lambda: running(*procs) and ("presence.silent", quiet, 2) in presence(),
+                "the quiet node's silence warning",
+                deadline_s=60,
+            )
+            will = {
+                "v": 1,
+                "agent": "pi-harbour-1",
+                "state": "offline",
+                "ts_ms": TS,
+                "nodes": [{"node": behind_agent, "kind": "water_level"}],
+                "reason": "connection lost",
+            }
+            await publish(
+                mosquitto, [(agent_status_topic("pi-harbour-1"), json.dumps(will).encode())]
+            )
+            await wait_until(
+                lambda: ("presence.offline", behind_agent, 2) in presence(),
+                "the agent's nodes offline",
+                deadline_s=60,
+            )
+            await report(quiet)
+            await wait_until(
+                lambda: presence().count(("presence.silent", quiet, 0)) == 1,
+                "the quiet node cleared by its reading",
+                deadline_s=60,
+            )
+        finally:
+            beat.cancel()
+        for p in procs:
+            assert p.stop() == 0, p.text()[-2000:]
+    finally:
+        for p in procs:
+            if p.alive():
+                p.kill()
+    # One raise and one clear for the quiet node; the steady node never warned.
+    assert [r for r in presence() if r[1] == quiet] == [
+        ("presence.silent", quiet, 2),
+        ("presence.silent", quiet, 0),
+    ]
+    assert all(r[1] != steady for r in presence())

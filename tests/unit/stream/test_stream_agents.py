@@ -12,6 +12,7 @@ from cityvitals.levels import Level
 from stream.agents import ReadingPipeline
 from stream.app import create_embedded_app
 from tests.factories import PLACE
+from tests.waiting import wait_until
 
 WHERE = PLACE
 
@@ -33,7 +34,7 @@ class Sink:
         self.flushes += 1
 
 
-def envelope(seq: int, depth: float, node: str = "wl-0001") -> bytes:
+def envelope(seq: int, depth: float, node: str = "wl-0001", received_ms: int = 0) -> bytes:
     reading = Reading(
         v=1,
         node=node,
@@ -43,7 +44,9 @@ def envelope(seq: int, depth: float, node: str = "wl-0001") -> bytes:
         metrics={"depth_cm": depth},
     )
     return encode(
-        EnrichedReading(v=1, reading=msgspec.Raw(encode(reading)), placement=WHERE, received_ms=0)
+        EnrichedReading(
+            v=1, reading=msgspec.Raw(encode(reading)), placement=WHERE, received_ms=received_ms
+        )
     )
 
 
@@ -80,3 +83,49 @@ async def test_agent_stores_every_reading_and_emits_warnings_in_order(tmp_path):
     ]
     assert sink.warnings == emitted
     assert (pipeline.processed, pipeline.errors, pipeline.warnings) == (2 * len(depths), 1, 3)
+
+
+async def test_a_resent_reading_is_skipped_and_presence_reports_raise_and_clear(tmp_path):
+    """The node's own seq window drops a reading it has taken (a resend that reached a
+    gateway which never saw the original); an agent's will warns at once for a node heard
+    before, and the node's next reading clears it."""
+    from cityvitals.contract import PresenceReport
+
+    app = create_embedded_app(tmp_path)
+    sink = Sink()
+    emitted: list[Warning] = []
+
+    async def on_warning(w: Warning) -> None:
+        emitted.append(w)
+
+    pipeline = ReadingPipeline(app, sink=sink, on_warning=on_warning)
+    await app.start()
+    app.flow_control.resume()
+    will = PresenceReport(
+        v=1,
+        node="wl-0001",
+        kind=Kind.WATER_LEVEL,
+        state="offline",
+        ts_ms=1_764_028_800_000,
+        received_ms=2_000,
+        placement=WHERE,
+        agent="pi-1",
+        reason="connection lost",
+    )
+    try:
+        await pipeline.send(b"wl-0001", envelope(1, 1.0, received_ms=1_000))
+        await pipeline.send(b"wl-0001", envelope(1, 1.0, received_ms=1_500))
+        await asyncio.wait_for(pipeline.wait_processed(2), 10)
+        await pipeline.send_presence(b"wl-0001", encode(will))
+        await wait_until(lambda: pipeline.presence_reports == 1, "the will handled")
+        await pipeline.send(b"wl-0001", envelope(2, 1.0, received_ms=3_000))
+        await asyncio.wait_for(pipeline.wait_processed(3), 10)
+    finally:
+        await app.stop()
+    assert (pipeline.processed, pipeline.duplicates) == (2, 1)
+    assert sink.readings == [("wl-0001", 1), ("wl-0001", 2)]
+    assert [(w.rule, w.level) for w in emitted] == [
+        ("presence.offline", Level.YELLOW),
+        ("presence.offline", Level.NONE),
+    ]
+    assert sink.flushes >= 2

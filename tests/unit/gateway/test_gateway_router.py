@@ -1,0 +1,73 @@
+"""The router's presence output: a node's own status and its agent's fan-out."""
+
+from __future__ import annotations
+
+import json
+
+from cityvitals.citygen import generate_city
+from cityvitals.clock import ManualClock
+from cityvitals.contract import Reason, decode_presence
+from cityvitals.kinds import Kind
+from gateway.router import Router
+
+CITY = generate_city(nodes=40, districts=3, seed=11)
+WATER, SMOKE = CITY.by_kind(Kind.WATER_LEVEL)[0], CITY.by_kind(Kind.SMOKE)[0]
+TS = 1_764_028_800_000
+
+
+def router() -> Router:
+    return Router(CITY, clock=ManualClock(TS / 1000 + 5))
+
+
+def test_a_node_status_becomes_one_presence_report_with_its_placement():
+    status = {
+        "v": 1,
+        "node": WATER.node,
+        "kind": "water_level",
+        "state": "offline",
+        "ts_ms": TS,
+        "reason": "battery",
+    }
+    route = router().route(f"city/water_level/{WATER.node}/status", json.dumps(status).encode())
+    (record,) = route.presence
+    report = decode_presence(record.value)
+    assert record.key == WATER.node.encode()
+    assert (report.node, report.state, report.reason) == (WATER.node, "offline", "battery")
+    assert report.placement == WATER.placement
+    assert report.received_ms == TS + 5000
+
+
+def test_an_agent_will_fans_out_to_each_registered_node_it_lists():
+    """An agent's last will is the only word its nodes get out; nodes the registry does not
+    know (or knows as another kind) are left out rather than invented."""
+    will = {
+        "v": 1,
+        "agent": "pi-1",
+        "state": "offline",
+        "ts_ms": TS,
+        "reason": "lost",
+        "nodes": [
+            {"node": WATER.node, "kind": "water_level"},
+            {"node": SMOKE.node, "kind": "smoke"},
+            {"node": "wl-9999", "kind": "water_level"},
+            {"node": WATER.node.replace("wl", "x"), "kind": "crowd"},
+        ],
+    }
+    r = router()
+    route = r.route("city/agent/pi-1/status", json.dumps(will).encode())
+    reports = [decode_presence(rec.value) for rec in route.presence]
+    assert [(p.node, p.state, p.agent) for p in reports] == [
+        (WATER.node, "offline", "pi-1"),
+        (SMOKE.node, "offline", "pi-1"),
+    ]
+    assert route.refused is None
+    assert r.stats().statuses == 1
+
+
+def test_an_empty_retained_status_only_clears_and_a_bad_one_is_refused():
+    r = router()
+    assert r.route(f"city/water_level/{WATER.node}/status", b"").presence == ()
+    bad = r.route(f"city/water_level/{WATER.node}/status", b'{"v":1,"state":"sleepy"}')
+    assert bad.refused is not None
+    assert bad.refused.reason is Reason.SCHEMA
+    assert (r.stats().statuses, r.stats().dead_letters) == (1, 1)
