@@ -219,6 +219,9 @@ class KafkaGateway:
                 await self._session(producer)
             except aiomqtt.MqttError as exc:
                 self._connection_failed(exc)
+            except Exception as exc:
+                log.exception("gateway: session failed; reconnecting")
+                self._connection_failed(exc)
             await asyncio.sleep(self._rng.uniform(0, delay))
             delay = min(delay * 2, self._backoff[1])
             if self._subscribed.is_set():
@@ -264,6 +267,11 @@ class KafkaGateway:
                     # Unbounded queue, bounded by the broker: at most
                     # Receive Maximum messages are ever unacknowledged.
                     self._held.put_nowait(_Held(message.mid, message.qos, records, deliveries))
+                    if acker.done():
+                        # A bug in the acknowledging task: fail this session
+                        # loudly (the broker resends) rather than hold forever.
+                        acker.result()
+                        raise RuntimeError("the acknowledging task stopped")
                     await asyncio.sleep(0)
             finally:
                 await cancel_and_wait(acker)
@@ -300,6 +308,8 @@ class KafkaGateway:
 
     async def _until_delivered(self, producer: AIOKafkaProducer, held: _Held) -> None:
         """Wait for Kafka to confirm every record; re-send failed ones until it does."""
+        if not held.deliveries:
+            return  # a duplicate, an event, an empty status: nothing to wait for
         delay = self._backoff[0]
         while True:
             _, waiting = await asyncio.wait(held.deliveries, timeout=self._stall_s)
