@@ -279,8 +279,7 @@ async def _run_edge(config: EdgeConfig) -> AgentSummary:
     return await EdgeAgent(config).run(_stop_on_signals())
 
 
-@main.command()
-@click.option(
+_SERVICE_CONFIG = click.option(
     "--config",
     "config_path",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -288,6 +287,16 @@ async def _run_edge(config: EdgeConfig) -> AgentSummary:
     show_default=True,
     help="The service config, one file for every role (example: deploy/cityvitals.toml).",
 )
+_CHECK = click.option(
+    "--check", is_flag=True, help="Only check the configuration and say what it runs."
+)
+_VERBOSE = click.option(
+    "-v", "--verbose", count=True, help="More detail in the log (-vv for debug)."
+)
+
+
+@main.command()
+@_SERVICE_CONFIG
 @click.option(
     "--role",
     "roles",
@@ -297,8 +306,8 @@ async def _run_edge(config: EdgeConfig) -> AgentSummary:
     show_default=True,
     help="What this process runs; repeat for several. Run as many processes as the load needs.",
 )
-@click.option("--check", is_flag=True, help="Only check the configuration and say what it runs.")
-@click.option("-v", "--verbose", count=True, help="More detail in the log (-vv for debug).")
+@_CHECK
+@_VERBOSE
 def run(config_path: Path, roles: tuple[str, ...], check: bool, verbose: int) -> None:
     """Run the distributed pipeline's services against Mosquitto and Kafka.
 
@@ -311,9 +320,31 @@ def run(config_path: Path, roles: tuple[str, ...], check: bool, verbose: int) ->
     Gateways split the MQTT load, stream workers split the Kafka partitions.
     SIGTERM or Ctrl-C stops cleanly, each role flushing what it holds.
     """
+    chosen = {"gateway", "stream", "alerts"} if "all" in roles else set(roles)
+    _serve(config_path, chosen, check=check, verbose=verbose)
+
+
+@main.command()
+@_SERVICE_CONFIG
+@_CHECK
+@_VERBOSE
+def gateway(config_path: Path, check: bool, verbose: int) -> None:
+    """The MQTT gateway alone: `cityvitals run --role gateway`."""
+    _serve(config_path, {"gateway"}, check=check, verbose=verbose)
+
+
+@main.command()
+@_SERVICE_CONFIG
+@_CHECK
+@_VERBOSE
+def stream(config_path: Path, check: bool, verbose: int) -> None:
+    """One stream worker alone: `cityvitals run --role stream`."""
+    _serve(config_path, {"stream"}, check=check, verbose=verbose)
+
+
+def _serve(config_path: Path, chosen: set[str], *, check: bool, verbose: int) -> None:
     from cityvitals.settings import load_settings
 
-    chosen = {"gateway", "stream", "alerts"} if "all" in roles else set(roles)
     try:
         settings = load_settings(config_path)
     except CityvitalsError as exc:

@@ -44,3 +44,11 @@ def test_check_reads_the_registry_too(tmp_path):
     result = CliRunner().invoke(main, ["run", "--config", config, "--check"])
     assert result.exit_code == 1
     assert "city.csv" in result.output
+
+
+def test_gateway_and_stream_are_shortcuts_for_their_role(tmp_path):
+    config = _config(tmp_path)
+    for command in ("gateway", "stream"):
+        result = CliRunner().invoke(main, [command, "--config", config, "--check"])
+        assert result.exit_code == 0, result.output
+        assert f"roles {command};" in result.output
