@@ -864,7 +864,6 @@ async def run(args: argparse.Namespace, workdir: Path) -> None:
     registry = city(args.nodes)
     registry_csv = workdir / "city.csv"
     registry.dump(registry_csv)
-    nodes = water_nodes(registry)
 
     print(f"machine: {machine()}")
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
@@ -874,93 +873,127 @@ async def run(args: argparse.Namespace, workdir: Path) -> None:
     kafka.workdir.mkdir()
     kafka.start()
     print(f"kafka: single node on {kafka.bootstrap}, up in {time.monotonic() - t_kafka:.1f} s")
+    ceiling: Published | None = None
+    rows: list[Throughput] = []
+    lat: list[Latency] = []
     try:
-        print("\nReceive Maximum probe (Mosquitto defaults: max_inflight_messages 20):")
-        for rm in (None, 20, 1000):
-            got = probe_receive_maximum(workdir / f"probe-{rm}", rm)
-            who = "MQTT 3.1.1 client" if rm is None else f"MQTT 5, Receive Maximum {rm}"
-            print(f"  {who:<32}: {got:>5} QoS 1 messages in flight unacknowledged")
-
-        messages = messages_for(nodes, args.readings)
-        print(
-            f"\nthroughput: {args.readings:,} readings of {len(nodes)} water-level nodes, "
-            f"{args.publishers} publisher processes (QoS 1, up to {args.inflight} in flight each), "
-            f"{args.partitions} partitions"
-        )
-        ceiling = publisher_only(workdir / "pub-only", messages, args)
-        print(
-            f"  publishers alone (nobody subscribed): "
-            f"{ceiling.rate(args.readings):,.0f} readings/s (publisher CPU {ceiling.cpu_s:.1f} s)"
-        )
-        rows: list[Throughput] = []
-        scenarios = [("1 gateway", 1, 1000), ("2 gateways", 2, 1000)]
-        if args.small_window:
-            scenarios.append((f"1 gateway, max_unacked {args.small_window}", 1, args.small_window))
-        if args.warmup:
-            scenarios.insert(0, ("warm-up (not counted)", 1, 1000))
-        for label, gateways, window in scenarios:
-            warmup = label.startswith("warm-up")
-            t = await throughput(
-                workdir / re.sub(r"[^a-z0-9]+", "-", label),
-                kafka,
-                registry_csv,
-                messages[: args.warmup] if warmup else messages,
-                label=label,
-                gateways=gateways,
-                max_unacked=window,
-                args=args,
-            )
-            if warmup:
-                print(f"  warm-up: {t.readings:,} readings through 1 gateway (JIT, topics)")
-                continue
-            rows.append(t)
-            split = f"; split {' / '.join(f'{s:,}' for s in t.split)}" if gateways > 1 else ""
-            print(
-                f"  {label:<26}: {t.per_s:>6,.0f} readings/s overall ({t.readings:,} in "
-                f"{t.seconds:.1f} s; {t.in_kafka:,} records in Kafka{split})\n"
-                f"  {'':<26}  while publishing {t.publishing.per_s:,.0f}/s "
-                f"({t.publishing.seconds:.1f} s, publishers done at {t.publish_per_s:,.0f}/s), "
-                f"draining the broker's backlog {t.draining.per_s:,.0f}/s "
-                f"({t.draining.seconds:.1f} s)\n"
-                f"  {'':<26}  CPU while publishing: {cpu_text(t.publishing.cpu)}\n"
-                f"  {'':<26}  CPU while draining:   {cpu_text(t.draining.cpu)}"
-            )
-
-        print(
-            f"\nlatency: 1 gateway + 1 stream worker, {args.latency_nodes} water-level nodes, "
-            f"stream.batch_within_s = {args.batch_within}, batch_size 500"
-        )
-        lat, lat_cpu = await latency(workdir / "latency", kafka, registry, registry_csv, args)
-        for x in lat:
-            print(
-                f"  {x.label:<8} {x.rate:>5g} readings/s: {x.warnings} warnings "
-                f"({x.readings:,} readings): p50 {x.p50_ms:.0f} ms, p99 {x.p99_ms:.0f} ms, "
-                f"max {x.max_ms:.0f} ms, mean {x.mean_ms:.0f} ms"
-                + (f" ({x.unmatched} unmatched)" if x.unmatched else "")
-            )
-        print(f"  CPU at {args.rate:g}/s (share of one core): {cpu_text(lat_cpu)}")
+        probe_section(workdir)
+        if not args.skip_throughput:
+            ceiling, rows = await throughput_section(args, workdir, kafka, registry, registry_csv)
+        if not args.skip_latency:
+            lat = await latency_section(args, workdir, kafka, registry, registry_csv)
     finally:
         kafka.stop()
-
     summary(args, ceiling, rows, lat)
 
 
+def probe_section(workdir: Path) -> None:
+    print("\nReceive Maximum probe (Mosquitto defaults: max_inflight_messages 20):")
+    for rm in (None, 20, 1000):
+        got = probe_receive_maximum(workdir / f"probe-{rm}", rm)
+        who = "MQTT 3.1.1 client" if rm is None else f"MQTT 5, Receive Maximum {rm}"
+        print(f"  {who:<32}: {got:>5} QoS 1 messages in flight unacknowledged")
+
+
+async def throughput_section(
+    args: argparse.Namespace,
+    workdir: Path,
+    kafka: KafkaServer,
+    registry: Registry,
+    registry_csv: Path,
+) -> tuple[Published, list[Throughput]]:
+    nodes = water_nodes(registry)
+    messages = messages_for(nodes, args.readings)
+    print(
+        f"\nthroughput: {args.readings:,} readings of {len(nodes)} water-level nodes, "
+        f"{args.publishers} publisher processes (QoS 1, up to {args.inflight} in flight each), "
+        f"{args.partitions} partitions"
+    )
+    ceiling = publisher_only(workdir / "pub-only", messages, args)
+    print(
+        f"  publishers alone (nobody subscribed): "
+        f"{ceiling.rate(args.readings):,.0f} readings/s (publisher CPU {ceiling.cpu_s:.1f} s)"
+    )
+    rows: list[Throughput] = []
+    scenarios = [("1 gateway", 1, 1000), ("2 gateways", 2, 1000)]
+    if args.small_window:
+        scenarios.append((f"1 gateway, max_unacked {args.small_window}", 1, args.small_window))
+    if args.warmup:
+        scenarios.insert(0, ("warm-up (not counted)", 1, 1000))
+    for label, gateways, window in scenarios:
+        warmup = label.startswith("warm-up")
+        t = await throughput(
+            workdir / re.sub(r"[^a-z0-9]+", "-", label),
+            kafka,
+            registry_csv,
+            messages[: args.warmup] if warmup else messages,
+            label=label,
+            gateways=gateways,
+            max_unacked=window,
+            args=args,
+        )
+        if warmup:
+            print(f"  warm-up: {t.readings:,} readings through 1 gateway (JIT, topics)")
+            continue
+        rows.append(t)
+        split = f"; split {' / '.join(f'{s:,}' for s in t.split)}" if gateways > 1 else ""
+        print(
+            f"  {label:<26}: {t.per_s:>6,.0f} readings/s overall ({t.readings:,} in "
+            f"{t.seconds:.1f} s; {t.in_kafka:,} records in Kafka{split})\n"
+            f"  {'':<26}  while publishing {t.publishing.per_s:,.0f}/s "
+            f"({t.publishing.seconds:.1f} s, publishers done at {t.publish_per_s:,.0f}/s), "
+            f"draining the broker's backlog {t.draining.per_s:,.0f}/s "
+            f"({t.draining.seconds:.1f} s)\n"
+            f"  {'':<26}  CPU while publishing: {cpu_text(t.publishing.cpu)}\n"
+            f"  {'':<26}  CPU while draining:   {cpu_text(t.draining.cpu)}"
+        )
+    return ceiling, rows
+
+
+async def latency_section(
+    args: argparse.Namespace,
+    workdir: Path,
+    kafka: KafkaServer,
+    registry: Registry,
+    registry_csv: Path,
+) -> list[Latency]:
+    print(
+        f"\nlatency: 1 gateway + 1 stream worker, {args.latency_nodes} water-level nodes, "
+        f"stream.batch_within_s = {args.batch_within}, batch_size 500"
+    )
+    lat, lat_cpu = await latency(workdir / "latency", kafka, registry, registry_csv, args)
+    for x in lat:
+        print(
+            f"  {x.label:<8} {x.rate:>5g} readings/s: {x.warnings} warnings "
+            f"({x.readings:,} readings): p50 {x.p50_ms:.0f} ms, p99 {x.p99_ms:.0f} ms, "
+            f"max {x.max_ms:.0f} ms, mean {x.mean_ms:.0f} ms"
+            + (f" ({x.unmatched} unmatched)" if x.unmatched else "")
+        )
+    print(f"  CPU at {args.rate:g}/s (share of one core): {cpu_text(lat_cpu)}")
+    return lat
+
+
 def summary(
-    args: argparse.Namespace, ceiling: Published, rows: list[Throughput], lat: list[Latency]
+    args: argparse.Namespace,
+    ceiling: Published | None,
+    rows: list[Throughput],
+    lat: list[Latency],
 ) -> None:
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"\nsummary ({args.readings:,} readings per throughput run, readings/s into Kafka)")
-    print("| run | overall | while publishing | draining backlog | gateway CPU draining |")
-    print("|---|---|---|---|---|")
-    print(f"| publishers alone (no subscriber) | {ceiling.rate(args.readings):,.0f} | | | |")
+    if ceiling is not None:
+        print("| run | overall | while publishing | draining backlog | gateway CPU draining |")
+        print("|---|---|---|---|---|")
+        print(f"| publishers alone (no subscriber) | {ceiling.rate(args.readings):,.0f} | | | |")
     for t in rows:
         gw = " + ".join(f"{v * 100:.0f}%" for k, v in t.draining.cpu.items() if k.startswith("gw"))
         print(
             f"| {t.label} | {t.per_s:,.0f} | {t.publishing.per_s:,.0f} | "
             f"{t.draining.per_s:,.0f} | {gw} |"
         )
-    print("| latency load | warnings | p50 | p99 | max |")
-    print("|---|---|---|---|---|")
+    if lat:
+        print(f"| latency (batch_within_s {args.batch_within:g}) | warnings | p50 | p99 | max |")
+        print("|---|---|---|---|---|")
     for x in lat:
         print(
             f"| {x.label}, {x.rate:g} readings/s | {x.warnings} | {x.p50_ms:.0f} ms | "
@@ -986,6 +1019,8 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=300, help="moderate load, readings/s")
     parser.add_argument("--seconds", type=float, default=30, help="moderate load duration")
     parser.add_argument("--batch-within", type=float, default=0.2, help="stream.batch_within_s")
+    parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (logs)")
     args = parser.parse_args()
     if not (shutil.which("java") and shutil.which("mvn")):

@@ -246,8 +246,9 @@ class Gateway:
                 try:
                     await self._presence(record.key, record.value)
                 except Exception:
-                    self._counts["lost"] += 1
-                    log.exception("gateway: presence sink failed")
+                    self._counts["presence_lost"] += 1
+                    if self._counts["presence_lost"] == 1:
+                        log.exception("gateway: presence sink failed")
         if route.refused is None:
             return
         try:

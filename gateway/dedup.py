@@ -37,6 +37,21 @@ class SeqWindow:
     def __len__(self) -> int:
         return len(self._state)
 
+    def forget(self, node: str, seq: int) -> None:
+        """Unmark `seq` (it was never delivered), so its resend counts as new.
+
+        >>> seen = SeqWindow(window=64)
+        >>> seen.check("n1", 7), seen.forget("n1", 7), seen.check("n1", 7)
+        (<Verdict.NEW: 'new'>, None, <Verdict.NEW: 'new'>)
+        """
+        state = self._state.get(node)
+        if state is None:
+            return
+        highest, bitmap = state
+        offset = highest - seq
+        if 0 <= offset < self.window:
+            self._state[node] = (highest, bitmap & ~(1 << offset))
+
     def check(self, node: str, seq: int) -> Verdict:
         """Record `seq` for `node` and say whether it was seen before."""
         state = self._state.get(node)

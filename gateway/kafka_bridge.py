@@ -82,6 +82,8 @@ class _Held:
     qos: int
     records: list[tuple[str, bytes | None, bytes]]
     deliveries: list[asyncio.Future[Any]]
+    #: (node, seq) of its readings, marked seen by the dedup window.
+    seen: list[tuple[str, int]]
 
 
 class KafkaGateway:
@@ -124,6 +126,8 @@ class KafkaGateway:
         self._producer: AIOKafkaProducer | None = None
         self._task: asyncio.Task[None] | None = None
         self._held: asyncio.Queue[_Held] = asyncio.Queue()
+        self._acking: _Held | None = None
+        self._was_subscribed = False
         self._subscribed = asyncio.Event()
         self._acked = 0
         self._retries = 0
@@ -173,8 +177,8 @@ class KafkaGateway:
         try:
             await self._consume_forever(producer)
         finally:
-            # Flush what Kafka has accepted; the unacknowledged rest is resent
-            # by the broker to whichever gateway of the group is up.
+            # Flush what Kafka has accepted; the broker resends the
+            # unacknowledged rest to this session when it reconnects.
             try:
                 await asyncio.wait_for(producer.stop(), self._drain_timeout)
             except (TimeoutError, KafkaError) as exc:
@@ -222,10 +226,11 @@ class KafkaGateway:
             except Exception as exc:
                 log.exception("gateway: session failed; reconnecting")
                 self._connection_failed(exc)
+            if self._was_subscribed:
+                delay = self._backoff[0]  # a session that worked: retry soon
+            self._was_subscribed = False
             await asyncio.sleep(self._rng.uniform(0, delay))
             delay = min(delay * 2, self._backoff[1])
-            if self._subscribed.is_set():
-                delay = self._backoff[0]
 
     async def _session(self, producer: AIOKafkaProducer) -> None:
         connect = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
@@ -258,7 +263,18 @@ class KafkaGateway:
                     self._client_id,
                 )
                 self._subscribed.set()
-                async for message in client.messages:
+                self._was_subscribed = True
+                messages = aiter(client.messages)
+                while True:
+                    # Raced with the acknowledging task: if it dies (a bug) while
+                    # the window is full, no message would come to notice it.
+                    receive = asyncio.ensure_future(anext(messages))
+                    await asyncio.wait({receive, acker}, return_when=asyncio.FIRST_COMPLETED)
+                    if acker.done():
+                        await cancel_and_wait(receive)
+                        acker.result()
+                        raise RuntimeError("the acknowledging task stopped")
+                    message = receive.result()
                     payload = message.payload
                     data = bytes(payload) if isinstance(payload, bytes | bytearray) else b""
                     route = self._router.route(message.topic.value, data)
@@ -266,16 +282,13 @@ class KafkaGateway:
                     deliveries = [await self._send(producer, *r) for r in records]
                     # Unbounded queue, bounded by the broker: at most
                     # Receive Maximum messages are ever unacknowledged.
-                    self._held.put_nowait(_Held(message.mid, message.qos, records, deliveries))
-                    if acker.done():
-                        # A bug in the acknowledging task: fail this session
-                        # loudly (the broker resends) rather than hold forever.
-                        acker.result()
-                        raise RuntimeError("the acknowledging task stopped")
-                    await asyncio.sleep(0)
+                    seen = [(r.node, r.seq) for r in route.readings]
+                    self._held.put_nowait(
+                        _Held(message.mid, message.qos, records, deliveries, seen)
+                    )
             finally:
                 await cancel_and_wait(acker)
-                self._subscribed.clear()
+                self._forget_unacknowledged()
 
     def _records(self, route: Route) -> list[tuple[str, bytes | None, bytes]]:
         out: list[tuple[str, bytes | None, bytes]] = [
@@ -300,11 +313,24 @@ class KafkaGateway:
     async def _ack_in_order(self, client: aiomqtt.Client, producer: AIOKafkaProducer) -> None:
         paho = client._client
         while True:
-            held = await self._held.get()
+            self._acking = held = await self._held.get()
             await self._until_delivered(producer, held)
             if held.qos > 0:
                 paho.ack(held.mid, held.qos)
+            self._acking = None
             self._acked += 1
+
+    def _forget_unacknowledged(self) -> None:
+        """The session ended with messages unacknowledged: the broker sends them
+        again, and they must then count as new, not as duplicates of readings
+        Kafka may never have received."""
+        held = [self._acking] if self._acking is not None else []
+        while not self._held.empty():
+            held.append(self._held.get_nowait())
+        for item in held:
+            for node, seq in item.seen:
+                self._router.forget(node, seq)
+        self._acking = None
 
     async def _until_delivered(self, producer: AIOKafkaProducer, held: _Held) -> None:
         """Wait for Kafka to confirm every record; re-send failed ones until it does."""
@@ -349,7 +375,7 @@ class KafkaGateway:
     def _connection_failed(self, exc: Exception) -> None:
         first = self.last_error is None
         self.last_error = exc
-        if self._subscribed.is_set():
+        if self._was_subscribed:
             log.warning(
                 "gateway lost the broker (%s); reconnecting (%d unacknowledged messages will be "
                 "resent by the broker)",

@@ -155,6 +155,10 @@ class Router:
             )
         )
 
+    def forget(self, node: str, seq: int) -> None:
+        """Let (node, seq) through again: it was routed but never delivered."""
+        self._dedup.forget(node, seq)
+
     def unforward(self) -> None:
         """Take back one `forwarded` count: the caller's sink refused the reading."""
         self._counts["forwarded"] -= 1

@@ -51,6 +51,7 @@ from cityvitals.contract import (
     decode_presence,
     encode,
 )
+from cityvitals.store import StoreError
 from stream.engine import NodeState, RuleEngine, decode_state, encode_state, first_time
 from stream.presence import Presence, PresencePolicy, PresenceTracker
 from stream.presence import decode_presence as decode_presence_state
@@ -101,6 +102,8 @@ class ReadingPipeline:
         batch_size: int = 500,
         batch_within_s: float = 0.2,
         owns: Owns = _owns_everything,
+        ready: Callable[[], bool] = lambda: True,
+        on_fatal: Callable[[BaseException], None] | None = None,
         retry_backoff: tuple[float, float] = (0.5, 15.0),
     ) -> None:
         self.app = app
@@ -118,6 +121,8 @@ class ReadingPipeline:
         self._batch_size = batch_size
         self._batch_within_s = batch_within_s
         self._owns = owns
+        self._ready = ready
+        self._on_fatal = on_fatal
         self._retry_backoff = retry_backoff
         # The presence state is changed by three tasks (readings, presence
         # reports, the silence sweep); each read-modify-write holds the lock
@@ -167,12 +172,22 @@ class ReadingPipeline:
             # Shielded: a stop in the middle finishes the batch (so nothing
             # acknowledged is lost) before the agent unwinds.
             work = asyncio.ensure_future(self._batch(batch))
-            try:
-                await asyncio.shield(work)
-            except asyncio.CancelledError:
-                await asyncio.wait_for(work, 30)
-                raise
+            cancelled = False
+            # A stop in the middle finishes the batch first: `take` acknowledges
+            # the batch's offsets as soon as control returns to it, so giving up
+            # early would commit readings never stored. A batch stuck on a dead
+            # sink is ended by the supervisor's SIGKILL, which commits nothing.
+            while not work.done():
+                try:
+                    await asyncio.shield(work)
+                except asyncio.CancelledError:
+                    if not cancelled:
+                        log.info("stream: finishing the current batch before stopping")
+                    cancelled = True
+            work.result()
             self._progress.set()
+            if cancelled:
+                raise asyncio.CancelledError
 
     async def _batch(self, values: Sequence[bytes]) -> None:
         states: dict[str, NodeState] = {}
@@ -268,8 +283,10 @@ class ReadingPipeline:
         """
         now_ms = self._clock.now_ms()
         stalled_ms = now_ms - self._watermark_ms
-        if not self._watermark_ms:
-            return 0  # nothing received since start: nothing to judge yet
+        if not self._watermark_ms or not self._ready():
+            # Nothing received since start, or partitions moving and their
+            # state not recovered yet: nothing to judge.
+            return 0
         if stalled_ms > self._stall_ms:
             if not self._stall_logged:
                 self._stall_logged = True
@@ -326,6 +343,14 @@ class ReadingPipeline:
         while True:
             try:
                 await step()
+            except StoreError as exc:
+                # The embedded store's writer is gone for good: retrying cannot
+                # help. The distributed worker exits (nothing acknowledged, the
+                # supervisor restarts it with a fresh store connection).
+                if self._on_fatal is None:
+                    raise
+                self._on_fatal(exc)
+                raise
             except Exception:
                 if not self._sink_failing:
                     self._sink_failing = True

@@ -20,6 +20,7 @@ partition's state from its changelog before the agents see its messages.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,9 @@ from stream.engine import RuleEngine
 from stream.presence import PresencePolicy
 
 log = logging.getLogger(__name__)
+
+#: The worker's faust tables; their changelog topics are <app_id>-<name>-changelog.
+TABLES = ("node-rules", "node-presence")
 
 
 def create_worker_app(
@@ -99,6 +103,19 @@ class NodeTable(MutableMapping[str, bytes]):
         return len(self.table)
 
 
+def _exit_for_restart(exc: BaseException) -> None:
+    """A sink that cannot recover: stop the process without committing anything.
+
+    Leaving the normal way would let faust acknowledge the batch being
+    handled; an immediate exit leaves its offsets uncommitted, the group
+    gives the partitions to another worker (or this one, restarted by its
+    supervisor), and the batch is handled again.
+    """
+    log.critical("stream worker: the sink failed for good (%s); exiting for a restart", exc)
+    logging.shutdown()
+    os._exit(70)  # EX_SOFTWARE
+
+
 def partition_of(node: str, partitions: int) -> int:
     """The partition Kafka's default partitioner puts `node`'s records in.
 
@@ -153,8 +170,8 @@ class StreamWorker:
         self.readings = topic(readings_topic)
         self.presence = topic(presence_topic)
         self.warnings = topic(warnings_topic)
-        self.rule_table = table("node-rules")
-        self.presence_table = table("node-presence")
+        self.rule_table = table(TABLES[0])
+        self.presence_table = table(TABLES[1])
         self.pipeline = ReadingPipeline(
             app,
             sink=sink,
@@ -169,6 +186,8 @@ class StreamWorker:
             batch_size=batch_size,
             batch_within_s=batch_within_s,
             owns=self.owns,
+            ready=self.ready,
+            on_fatal=_exit_for_restart,
         )
 
         app.on_partitions_assigned.connect(self._assigned)  # type: ignore[arg-type]
@@ -183,6 +202,11 @@ class StreamWorker:
             len(mine),
             self.partitions,
         )
+
+    def ready(self) -> bool:
+        """Not while partitions move or their state is still being recovered."""
+        app = self.app
+        return not (app.rebalancing or app.in_recovery)
 
     def owns(self, node: str) -> bool:
         """Whether `node`'s partition is assigned to this worker now."""

@@ -5,9 +5,9 @@
 
 Start order follows the data backwards (alerts, stream, gateway), so every
 consumer is up before its producer; stop order is the reverse, each role
-flushing what it holds. Any number of processes may run any roles: gateways
-split the MQTT load through the shared subscription, stream workers split
-the Kafka partitions, and alert processes split the warnings topic.
+flushing what it holds. Gateways split the MQTT load through the shared
+subscription and stream workers split the Kafka partitions; run one alerts
+process (its alert book is in memory until the alert-dispatch issue).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from cityvitals.store import EmbeddedStore
 from cityvitals.tasks import cancel_and_wait
 from gateway.kafka_bridge import KafkaGateway, KafkaTopics
 from stream.presence import PresencePolicy
-from stream.worker import StreamWorker, create_worker_app
+from stream.worker import TABLES, StreamWorker, create_worker_app
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,13 @@ async def prepare_kafka(settings: Settings) -> None:
         [k.readings_topic, k.presence_topic, k.warnings_topic, k.dead_letter_topic],
         partitions=k.partitions,
         replication=k.replication,
-        copartitioned=[k.readings_topic, k.presence_topic],
+        # faust's table changelogs too: with another count, a node's state
+        # would be recovered on a worker that does not own the node.
+        copartitioned=[
+            k.readings_topic,
+            k.presence_topic,
+            *(f"{settings.stream.app_id}-{t}-changelog" for t in TABLES),
+        ],
     )
 
 
@@ -237,6 +243,10 @@ class AlertsRole:
                     await consumer.commit()
             except KafkaError as exc:
                 log.warning("alerts: Kafka error (%s); retrying", exc)
+                await asyncio.sleep(1.0)
+            except Exception:
+                # Our bug: say so, keep consuming (uncommitted, so re-read).
+                log.exception("alerts: failed handling warnings; retrying")
                 await asyncio.sleep(1.0)
 
     async def __aexit__(

@@ -34,8 +34,8 @@ async def ensure_topics(
 ) -> None:
     """Create missing `names`; check that every `copartitioned` topic has `partitions`."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="cityvitals-admin")
-    await admin.start()
     try:
+        await admin.start()
         existing = set(await admin.list_topics())
         missing = [n for n in names if n not in existing]
         if missing:
@@ -47,8 +47,11 @@ async def ensure_topics(
                 partitions,
                 replication,
             )
-        if copartitioned:
-            described = await admin.describe_topics(list(copartitioned))
+        # Only topics that existed before: a topic just created may not be
+        # described yet, and it has the right count by construction.
+        check = [t for t in copartitioned if t in existing]
+        if check:
+            described = await admin.describe_topics(check)
             counts = {t["topic"]: len(t["partitions"]) for t in described}
             wrong = {t: n for t, n in counts.items() if n != partitions}
             if wrong:
