@@ -41,6 +41,7 @@ import select
 import shutil
 import signal
 import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -689,6 +690,13 @@ class Latency:
     p99_ms: float
     max_ms: float
     mean_ms: float
+    min_ms: float
+
+
+def load_text(x: Latency) -> str:
+    if x.label == "burst":
+        return f"{x.rate:g} nodes cross red at once"
+    return f"{x.rate:g} readings/s"
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -761,6 +769,89 @@ async def paced(
     return start_seq + (total + len(nodes) - 1) // len(nodes)
 
 
+async def burst(
+    client: mqtt.Client, nodes: list[str], stamps: dict[tuple[str, int], float]
+) -> None:
+    """Every node crosses red at once: two readings at 55 cm (raise_after = 2), the
+    second all at the same moment, so each node's second reading raises a warning."""
+    base = int(time.time() * 1000)
+    for node in nodes:
+        client.publish(telemetry_topic("water_level", node), reading(node, 0, 55.0, base), qos=1)
+    await asyncio.sleep(1.0)
+    for node in nodes:
+        stamps[(node, 1)] = time.monotonic()
+        payload = reading(node, 1, 55.0, base + 1)
+        client.publish(telemetry_topic("water_level", node), payload, qos=1)
+
+
+async def collect(
+    clock: WarningClock,
+    before: int,
+    stamps: dict[tuple[str, int], float],
+    label: str,
+    rate: float,
+) -> Latency:
+    """Wait until no warning came for 2 s; the latencies of those the stamped readings raised."""
+    quiet_since, count = time.monotonic(), len(clock.seen)
+    while time.monotonic() - quiet_since < 2.0:
+        await asyncio.sleep(0.1)
+        if len(clock.seen) != count:
+            quiet_since, count = time.monotonic(), len(clock.seen)
+    got = clock.seen[before:]
+    ms = [(t - stamps[(n, s)]) * 1000 for n, s, t in got if (n, s) in stamps]
+    return Latency(
+        label=label,
+        rate=rate,
+        readings=len(stamps),
+        warnings=len(ms),
+        unmatched=len(got) - len(ms),
+        p50_ms=percentile(ms, 50) if ms else float("nan"),
+        p99_ms=percentile(ms, 99) if ms else float("nan"),
+        max_ms=max(ms) if ms else float("nan"),
+        mean_ms=statistics.fmean(ms) if ms else float("nan"),
+        min_ms=min(ms) if ms else float("nan"),
+    )
+
+
+def stored_readings(db: Path) -> int:
+    if not db.exists():
+        return 0
+    con = sqlite3.connect(db, timeout=30)
+    try:
+        return int(con.execute("SELECT count(*) FROM readings").fetchone()[0])
+    except sqlite3.OperationalError:
+        return 0  # no schema yet
+    finally:
+        con.close()
+
+
+async def prime(stream: Role, client: mqtt.Client, nodes: list[str], db: Path) -> tuple[Role, int]:
+    """One low reading per node until the worker has stored them; return the worker and
+    the next seq. A worker whose agent crashed on its first batch is replaced (reported)."""
+    for attempt in range(3):
+        base = int(time.time() * 1000)
+        for node in nodes:
+            payload = reading(node, attempt, 2.0, base)
+            client.publish(telemetry_topic("water_level", node), payload, qos=1)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and "Crashed" not in stream.text():
+            if stored_readings(db) >= len(nodes) * (attempt + 1):
+                await asyncio.sleep(1.0)  # the crash comes after the batch is stored
+                if "Crashed" not in stream.text():
+                    return stream, attempt + 1
+                break
+            await asyncio.sleep(0.1)
+        crash = re.search(r"Crashed reason=.*", stream.text())
+        print(
+            f"  ! stream worker stalled on its first batch ({crash.group(0) if crash else 'no '}"
+            f"{'' if crash else 'readings stored in 30 s'}); see {stream.log}; starting another"
+        )
+        stream.stop()
+        stream = Role(stream.config, stream.roles, f"stream-{attempt + 2}").start()
+        await stream.wait_for("running stream")
+    raise RuntimeError("the stream worker never stored the priming readings")
+
+
 async def latency(
     workdir: Path, kafka: KafkaServer, registry: Registry, registry_csv: Path, args: Any
 ) -> tuple[list[Latency], dict[str, float]]:
@@ -789,10 +880,11 @@ async def latency(
     cpu: dict[str, float] = {}
     try:
         await gateway.wait_for("gateway subscribed")
-        await stream.wait_for("assigned partitions")
+        await stream.wait_for("running stream")
         await clock.start()
         client.connect("127.0.0.1", server.port)
         client.loop_start()
+        stream, seq = await prime(stream, client, nodes, workdir / "data" / "cityvitals.sqlite3")
         meter = CpuMeter(
             {
                 "gateway": gateway.proc.pid if gateway.proc else 0,
@@ -801,7 +893,6 @@ async def latency(
                 "kafka": int((kafka.workdir / "kafka.pid").read_text()),
             }
         )
-        seq = 0
         for label, rate, seconds in (
             ("light", args.light_rate, args.light_seconds),
             ("moderate", args.rate, args.seconds),
@@ -811,27 +902,13 @@ async def latency(
             before = len(clock.seen)
             seq = await paced(client, nodes, seq, rate=rate, seconds=seconds, stamps=stamps)
             cpu = meter.shares(cpu0, meter.read(), time.monotonic() - t0)  # the last load's
-            # Let the last readings' warnings arrive: until none came for 2 s.
-            quiet_since, count = time.monotonic(), len(clock.seen)
-            while time.monotonic() - quiet_since < 2.0:
-                await asyncio.sleep(0.1)
-                if len(clock.seen) != count:
-                    quiet_since, count = time.monotonic(), len(clock.seen)
-            got = clock.seen[before:]
-            ms = [(t - stamps[(n, s)]) * 1000 for n, s, t in got if (n, s) in stamps]
-            results.append(
-                Latency(
-                    label=label,
-                    rate=rate,
-                    readings=len(stamps),
-                    warnings=len(ms),
-                    unmatched=len(got) - len(ms),
-                    p50_ms=percentile(ms, 50) if ms else float("nan"),
-                    p99_ms=percentile(ms, 99) if ms else float("nan"),
-                    max_ms=max(ms) if ms else float("nan"),
-                    mean_ms=statistics.fmean(ms) if ms else float("nan"),
-                )
-            )
+            results.append(await collect(clock, before, stamps, label, rate))
+        if args.burst_nodes:
+            others = water_nodes(registry)[args.latency_nodes :][: args.burst_nodes]
+            stamps = {}
+            before = len(clock.seen)
+            await burst(client, others, stamps)
+            results.append(await collect(clock, before, stamps, "burst", len(others)))
     finally:
         client.loop_stop()
         await clock.stop()
@@ -964,9 +1041,9 @@ async def latency_section(
     lat, lat_cpu = await latency(workdir / "latency", kafka, registry, registry_csv, args)
     for x in lat:
         print(
-            f"  {x.label:<8} {x.rate:>5g} readings/s: {x.warnings} warnings "
+            f"  {x.label:<8} {load_text(x)}: {x.warnings} warnings "
             f"({x.readings:,} readings): p50 {x.p50_ms:.0f} ms, p99 {x.p99_ms:.0f} ms, "
-            f"max {x.max_ms:.0f} ms, mean {x.mean_ms:.0f} ms"
+            f"min {x.min_ms:.0f} ms, max {x.max_ms:.0f} ms, mean {x.mean_ms:.0f} ms"
             + (f" ({x.unmatched} unmatched)" if x.unmatched else "")
         )
     print(f"  CPU at {args.rate:g}/s (share of one core): {cpu_text(lat_cpu)}")
@@ -996,7 +1073,7 @@ def summary(
         print("|---|---|---|---|---|")
     for x in lat:
         print(
-            f"| {x.label}, {x.rate:g} readings/s | {x.warnings} | {x.p50_ms:.0f} ms | "
+            f"| {x.label}, {load_text(x)} | {x.warnings} | {x.p50_ms:.0f} ms | "
             f"{x.p99_ms:.0f} ms | {x.max_ms:.0f} ms |"
         )
 
@@ -1018,6 +1095,9 @@ def main() -> None:
     parser.add_argument("--light-seconds", type=float, default=15)
     parser.add_argument("--rate", type=float, default=300, help="moderate load, readings/s")
     parser.add_argument("--seconds", type=float, default=30, help="moderate load duration")
+    parser.add_argument(
+        "--burst-nodes", type=int, default=240, help="nodes crossing red at once (0: skip)"
+    )
     parser.add_argument("--batch-within", type=float, default=0.2, help="stream.batch_within_s")
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--skip-latency", action="store_true")

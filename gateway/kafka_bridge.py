@@ -265,6 +265,7 @@ class KafkaGateway:
                 self._subscribed.set()
                 self._was_subscribed = True
                 messages = aiter(client.messages)
+                receive: asyncio.Future[aiomqtt.Message] | None = None
                 while True:
                     # Raced with the acknowledging task: if it dies (a bug) while
                     # the window is full, no message would come to notice it.
@@ -287,6 +288,9 @@ class KafkaGateway:
                         _Held(message.mid, message.qos, records, deliveries, seen)
                     )
             finally:
+                if receive is not None:
+                    receive.cancel()
+                    await asyncio.gather(receive, return_exceptions=True)
                 await cancel_and_wait(acker)
                 self._forget_unacknowledged()
 

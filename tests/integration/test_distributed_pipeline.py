@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from cityvitals.contract import decode_enriched
+from cityvitals.settings import load_settings
 from cityvitals.topics import agent_status_topic, telemetry_topic
 from tests.integration.conftest import KafkaServer
 from tests.integration.distributed_support import (
@@ -25,6 +27,7 @@ from tests.integration.distributed_support import (
     Store,
     last_assignment,
     publish,
+    read_topic,
     reading,
     running,
     storm_messages,
@@ -95,7 +98,19 @@ async def _run_city(
     try:
         await _all_stored(store, expected, deadline_s=120, procs=procs)
     except AssertionError:
+        stored = Counter(n for n, _ in store.reading_keys())
+        print("stored per node", sorted(stored.items()))
+        settings = load_settings(config)
+        records = await read_topic(
+            kafka.bootstrap, settings.kafka.readings_topic, expect=10**9, deadline_s=5
+        )
+        in_kafka = {
+            (decode_enriched(r.value)[1].node, decode_enriched(r.value)[1].seq) for r in records
+        }
+        print("in Kafka but not stored", sorted(in_kafka - set(store.reading_keys())))
+        print("not in Kafka", sorted(expected - in_kafka))
         for p in procs:
+            p.stop()
             print(p.log.name, p.text()[-3000:])
         raise
     return store, procs, expected
