@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass
+from typing import Literal
 
 import msgspec
 
@@ -34,11 +35,13 @@ from cityvitals.contract import (
     CONTRACT_VERSION,
     DeadLetter,
     EnrichedReading,
+    Placement,
     PresenceReport,
     Reason,
     encode,
 )
 from cityvitals.errors import ContractError
+from cityvitals.kinds import Kind
 from cityvitals.registry import Registry
 from cityvitals.topics import AGENT_SEGMENT, Topic
 from gateway.dedup import SeqWindow, Verdict
@@ -191,29 +194,53 @@ class Router:
                     # The agent serves a node the registry does not know (yet):
                     # its readings are dead-lettered on their own; nothing to say here.
                     continue
-                report = PresenceReport(
-                    v=CONTRACT_VERSION,
-                    node=ref.node,
-                    kind=ref.kind,
-                    state=agent.state,
-                    ts_ms=agent.ts_ms,
-                    received_ms=now,
-                    placement=device.placement,
-                    agent=agent.agent,
-                    reason=agent.reason,
+                reports.append(
+                    _presence(
+                        ref.node,
+                        ref.kind,
+                        agent.state,
+                        agent.ts_ms,
+                        received_ms=now,
+                        placement=device.placement,
+                        agent=agent.agent,
+                        reason=agent.reason,
+                    )
                 )
-                reports.append(Keyed(ref.node.encode(), encode(report), ref.node))
             return Route(presence=tuple(reports))
         status, device = self._validator.status(topic, payload)
-        report = PresenceReport(
-            v=CONTRACT_VERSION,
-            node=status.node,
-            kind=status.kind,
-            state=status.state,
-            ts_ms=status.ts_ms,
+        report = _presence(
+            status.node,
+            status.kind,
+            status.state,
+            status.ts_ms,
             received_ms=now,
             placement=device.placement,
             agent=status.agent,
             reason=status.reason,
         )
-        return Route(presence=(Keyed(status.node.encode(), encode(report), status.node),))
+        return Route(presence=(report,))
+
+
+def _presence(
+    node: str,
+    kind: Kind,
+    state: Literal["online", "offline"],
+    ts_ms: int,
+    *,
+    received_ms: int,
+    placement: Placement,
+    agent: str | None,
+    reason: str | None,
+) -> Keyed:
+    report = PresenceReport(
+        v=CONTRACT_VERSION,
+        node=node,
+        kind=kind,
+        state=state,
+        ts_ms=ts_ms,
+        received_ms=received_ms,
+        placement=placement,
+        agent=agent,
+        reason=reason,
+    )
+    return Keyed(node.encode(), encode(report), node)
