@@ -117,10 +117,19 @@ async def subscribed(gateway: RoleProcess) -> None:
     )
 
 
-def last_assignment(worker: RoleProcess) -> str:
-    """The worker's latest "assigned partitions" log line ("" before the first)."""
+def last_assignment(worker: RoleProcess) -> list[int]:
+    """The partitions in the worker's latest "assigned partitions" log line."""
     lines = [ln for ln in worker.text().splitlines() if "assigned partitions" in ln]
-    return lines[-1] if lines else ""
+    if not lines:
+        return []
+    inside = lines[-1].split("assigned partitions [", 1)[1].split("]", 1)[0]
+    return [int(p) for p in inside.split(",") if p.strip()]
+
+
+def settled(workers: list[RoleProcess], *, partitions: int) -> bool:
+    """Every worker holds partitions and together they hold each exactly once."""
+    shares = [last_assignment(w) for w in workers]
+    return all(shares) and sorted(p for s in shares for p in s) == list(range(partitions))
 
 
 def running(*procs: RoleProcess) -> bool:

@@ -25,11 +25,11 @@ from tests.integration.distributed_support import (
     HookReceiver,
     RoleProcess,
     Store,
-    last_assignment,
     publish,
     read_topic,
     reading,
     running,
+    settled,
     storm_messages,
     subscribed,
     water_nodes,
@@ -81,13 +81,12 @@ async def _run_city(
     procs += [RoleProcess(config, "stream", name=f"stream{i}").start() for i in range(workers)]
     await subscribed(procs[0])
     if workers > 1:
-        # Publish once the workers have split the partitions, so each gets a share.
+        # Publish once the group is settled, every worker holding a share and the
+        # shares adding up: a rebalance while messages flow can lose the ones in
+        # flight (a faust issue, see docs/distributed.md "Known issues").
         await wait_until(
-            lambda: (
-                running(*procs)
-                and all("partitions [] " not in last_assignment(p) != "" for p in procs[1:])
-            ),
-            "every worker assigned partitions",
+            lambda: running(*procs) and settled(procs[1:], partitions=4),
+            "the workers to split the partitions",
             deadline_s=90,
         )
     messages = storm_messages(NODES, per_node)
