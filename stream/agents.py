@@ -103,6 +103,8 @@ class ReadingPipeline:
         batch_within_s: float = 0.2,
         owns: Owns = _owns_everything,
         ready: Callable[[], bool] = lambda: True,
+        #: Called when a batch or a state write fails for a reason other than
+        #: bad input; the distributed worker exits there (nothing committed).
         on_fatal: Callable[[BaseException], None] | None = None,
         retry_backoff: tuple[float, float] = (0.5, 15.0),
     ) -> None:
@@ -184,7 +186,15 @@ class ReadingPipeline:
                     if not cancelled:
                         log.info("stream: finishing the current batch before stopping")
                     cancelled = True
-            work.result()
+            try:
+                work.result()
+            except Exception as exc:
+                # `take` would acknowledge this batch, and every later one the
+                # crashed agent never sees. The distributed worker exits
+                # instead, uncommitted, and the batch is handled again.
+                if self._on_fatal is not None:
+                    self._on_fatal(exc)
+                raise
             self._progress.set()
             if cancelled:
                 raise asyncio.CancelledError
@@ -252,7 +262,12 @@ class ReadingPipeline:
         async for value in stream:
             try:
                 report = decode_presence(value)
-                self._watermark_ms = max(self._watermark_ms, report.received_ms)
+            except Exception as exc:
+                self.errors += 1
+                self._failed(exc)
+                continue
+            self._watermark_ms = max(self._watermark_ms, report.received_ms)
+            try:
                 async with self._presence_lock:
                     p = decode_presence_state(self.presence_state.get(report.node))
                     w = self.tracker.status(
@@ -270,6 +285,10 @@ class ReadingPipeline:
                     self.presence_state[report.node] = encode_presence_state(p)
                 self.presence_reports += 1
             except Exception as exc:
+                # Not bad input (decoded above): a failed state write. The
+                # distributed worker must not acknowledge it and go on.
+                if self._on_fatal is not None:
+                    self._on_fatal(exc)
                 self.errors += 1
                 self._failed(exc)
 

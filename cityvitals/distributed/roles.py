@@ -27,7 +27,7 @@ from alerts.notify import ConsoleNotifier, Notifier, WebhookNotifier
 from alerts.service import AlertService
 from cityvitals.clock import SystemClock
 from cityvitals.contract import decode_warning
-from cityvitals.distributed.topics import ensure_topics
+from cityvitals.distributed.topics import ensure_topics, seed_offsets
 from cityvitals.registry import Registry
 from cityvitals.settings import Settings
 from cityvitals.store import EmbeddedStore
@@ -54,18 +54,25 @@ class Running:
 
 async def prepare_kafka(settings: Settings) -> None:
     k = settings.kafka
+    # faust's table changelogs too, compacted as faust would make them: made
+    # here, before any worker starts, because a worker whose first state
+    # write finds its changelog topic missing from the producer's metadata
+    # fails that write. And checked: with another partition count a node's
+    # state would be recovered on a worker that does not own the node.
+    changelogs = [f"{settings.stream.app_id}-{t}-changelog" for t in TABLES]
     await ensure_topics(
         k.bootstrap_servers,
-        [k.readings_topic, k.presence_topic, k.warnings_topic, k.dead_letter_topic],
+        [k.readings_topic, k.presence_topic, k.warnings_topic, k.dead_letter_topic, *changelogs],
         partitions=k.partitions,
         replication=k.replication,
-        # faust's table changelogs too: with another count, a node's state
-        # would be recovered on a worker that does not own the node.
-        copartitioned=[
-            k.readings_topic,
-            k.presence_topic,
-            *(f"{settings.stream.app_id}-{t}-changelog" for t in TABLES),
-        ],
+        copartitioned=[k.readings_topic, k.presence_topic, *changelogs],
+        compacted=changelogs,
+    )
+    await seed_offsets(
+        k.bootstrap_servers,
+        settings.stream.app_id,
+        [k.readings_topic, k.presence_topic],
+        k.partitions,
     )
 
 

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Sequence
 from contextlib import suppress
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
@@ -31,8 +32,10 @@ async def ensure_topics(
     partitions: int,
     replication: int,
     copartitioned: Sequence[str] = (),
+    compacted: Sequence[str] = (),
 ) -> None:
-    """Create missing `names`; check that every `copartitioned` topic has `partitions`."""
+    """Create missing `names` (`compacted` ones with log compaction); check that
+    every `copartitioned` topic has `partitions`."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="cityvitals-admin")
     try:
         await admin.start()
@@ -40,7 +43,17 @@ async def ensure_topics(
         missing = [n for n in names if n not in existing]
         if missing:
             with suppress(TopicAlreadyExistsError):  # another role created it meanwhile
-                await admin.create_topics([NewTopic(n, partitions, replication) for n in missing])
+                await admin.create_topics(
+                    [
+                        NewTopic(
+                            n,
+                            partitions,
+                            replication,
+                            topic_configs={"cleanup.policy": "compact"} if n in compacted else {},
+                        )
+                        for n in missing
+                    ]
+                )
             log.info(
                 "created Kafka topics %s (%d partitions, replication %d)",
                 missing,
@@ -65,3 +78,33 @@ async def ensure_topics(
         raise CityvitalsError(f"cannot set up Kafka topics at {bootstrap}: {exc}") from exc
     finally:
         await admin.close()
+
+
+async def seed_offsets(bootstrap: str, group: str, topics: Sequence[str], partitions: int) -> int:
+    """Commit offset 0 for every partition of `topics` the consumer group has no offset for.
+
+    A partition without a committed offset has no baseline: faust then judges
+    the first offsets it acknowledges against nothing, and a worker that keeps
+    such a partition through a rebalance was seen to skip its first records
+    (they were in Kafka, never processed). Starting every partition with a
+    committed 0 gives faust one. Only while the group has no members (a
+    group with members refuses commits from outside it), so in effect on the
+    first start; returns how many partitions were seeded.
+    """
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+    )
+    try:
+        await consumer.start()
+        parts = [TopicPartition(t, p) for t in topics for p in range(partitions)]
+        consumer.assign(parts)
+        missing = {tp: 0 for tp in parts if await consumer.committed(tp) is None}
+        if missing:
+            await consumer.commit(missing)
+            log.info("seeded offsets of %d partitions for consumer group %s", len(missing), group)
+        return len(missing)
+    except KafkaError as exc:
+        log.debug("not seeding offsets for %s: %s", group, exc)
+        return 0
+    finally:
+        await consumer.stop()
