@@ -79,6 +79,10 @@ def _owns_everything(node: str) -> bool:
     return True
 
 
+def _everything() -> Owns:
+    return _owns_everything
+
+
 class ReadingPipeline:
     """Wire the agents into `app`; must be built before the app starts.
 
@@ -101,7 +105,7 @@ class ReadingPipeline:
         clock: Clock | None = None,
         batch_size: int = 500,
         batch_within_s: float = 0.2,
-        owns: Owns = _owns_everything,
+        owner: Callable[[], Owns] = _everything,
         ready: Callable[[], bool] = lambda: True,
         #: Called when a batch or a state write fails for a reason other than
         #: bad input; the distributed worker exits there (nothing committed).
@@ -122,7 +126,8 @@ class ReadingPipeline:
         self.tracker = PresenceTracker(presence)
         self._batch_size = batch_size
         self._batch_within_s = batch_within_s
-        self._owns = owns
+        #: Gives the ownership test of the moment; taken once per sweep.
+        self._owner = owner
         self._ready = ready
         self._on_fatal = on_fatal
         self._retry_backoff = retry_backoff
@@ -319,9 +324,10 @@ class ReadingPipeline:
             self._stall_logged = False
             log.info("presence: the stream flows again; silence checks resumed")
         count = 0
+        owns = self._owner()
         async with self._presence_lock:
             for node, data in list(self.presence_state.items()):
-                if not self._owns(node):
+                if not owns(node):
                     continue
                 p = decode_presence_state(data)
                 before = p.state

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, MutableMapping, Sequence
+from collections.abc import Callable, Iterator, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -215,7 +215,7 @@ class StreamWorker:
             clock=clock,
             batch_size=batch_size,
             batch_within_s=batch_within_s,
-            owns=self.owns,
+            owner=self.owner,
             ready=self.ready,
             on_fatal=_exit_for_restart,
         )
@@ -238,10 +238,14 @@ class StreamWorker:
         app = self.app
         return not (app.rebalancing or app.in_recovery)
 
-    def owns(self, node: str) -> bool:
-        """Whether `node`'s partition is assigned to this worker now."""
-        tp = TP(self._readings_name, partition_of(node, self.partitions))
-        return tp in self.app.assignor.assigned_actives()
+    def owner(self) -> Callable[[str], bool]:
+        """Whether a node's partition is assigned here, for the assignment of now."""
+        mine = {
+            tp.partition
+            for tp in self.app.assignor.assigned_actives()
+            if tp.topic == self._readings_name
+        }
+        return lambda node: partition_of(node, self.partitions) in mine
 
     async def _publish_warning(self, warning: Warning) -> None:
         # Keyed by fingerprint: one alert's changes stay in order.

@@ -16,9 +16,9 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Collection
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Self
+from typing import Self
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
@@ -49,7 +49,6 @@ class Running:
     stream: StreamWorker | None = None
     alerts: AlertsRole | None = None
     store: EmbeddedStore | None = None
-    extra: list[Any] = field(default_factory=list)
 
 
 async def prepare_kafka(settings: Settings) -> None:

@@ -12,10 +12,12 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.integration.distributed_support import HookReceiver
 
 pytestmark = pytest.mark.integration
 
@@ -166,3 +168,21 @@ def kafka_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaServ
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+async def hook() -> AsyncIterator[HookReceiver]:
+    """A real webhook endpoint on a free loopback port, recording every request."""
+    from aiohttp import web
+
+    receiver = HookReceiver()
+    app = web.Application()
+    app.router.add_post("/hook", receiver.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    receiver.url = f"http://127.0.0.1:{port}/hook"
+    yield receiver
+    await runner.cleanup()

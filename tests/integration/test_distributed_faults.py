@@ -8,7 +8,6 @@ import uuid
 from collections import Counter
 
 import pytest
-from aiohttp import web
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -18,7 +17,6 @@ from cityvitals.settings import load_settings
 from gateway.kafka_bridge import KafkaGateway, KafkaTopics
 from tests.integration.distributed_support import (
     CITY,
-    HookReceiver,
     RoleProcess,
     Store,
     publish,
@@ -31,21 +29,6 @@ from tests.integration.distributed_support import (
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def hook():
-    receiver = HookReceiver()
-    app = web.Application()
-    app.router.add_post("/hook", receiver.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    receiver.url = f"http://127.0.0.1:{port}/hook"
-    yield receiver
-    await runner.cleanup()
 
 
 @pytest.mark.xfail(

@@ -14,7 +14,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from aiohttp import web
 
 from cityvitals.contract import decode_enriched
 from cityvitals.settings import load_settings
@@ -22,7 +21,6 @@ from cityvitals.topics import agent_status_topic, telemetry_topic
 from tests.integration.conftest import KafkaServer
 from tests.integration.distributed_support import (
     TS,
-    HookReceiver,
     RoleProcess,
     Store,
     publish,
@@ -52,21 +50,6 @@ async def _all_stored(
     )
 
 
-@pytest.fixture
-async def hook() -> HookReceiver:
-    receiver = HookReceiver()
-    app = web.Application()
-    app.router.add_post("/hook", receiver.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    receiver.url = f"http://127.0.0.1:{port}/hook"
-    yield receiver
-    await runner.cleanup()
-
-
 async def _run_city(
     tmp: Path,
     mosquitto: str,
@@ -74,9 +57,8 @@ async def _run_city(
     *,
     workers: int,
     per_node: int = 60,
-    webhook: str | None = None,
 ) -> tuple[Store, list[RoleProcess], set[tuple[str, int]]]:
-    config = write_config(tmp, mqtt=mosquitto, bootstrap=kafka.bootstrap, webhook=webhook)
+    config = write_config(tmp, mqtt=mosquitto, bootstrap=kafka.bootstrap)
     procs = [RoleProcess(config, "gateway", "alerts").start()]
     procs += [RoleProcess(config, "stream", name=f"stream{i}").start() for i in range(workers)]
     await subscribed(procs[0])
@@ -121,7 +103,7 @@ async def _run_city(
     "are in Kafka (no rebalance during traffic); see docs/distributed.md, Known issues",
 )
 async def test_every_reading_arrives_exactly_once_and_two_workers_warn_like_one(
-    tmp_path, mosquitto, kafka_server, hook
+    tmp_path, mosquitto, kafka_server
 ):
     """N readings published (a third of them twice) through gateway → Kafka → stream
     workers arrive in the sink exactly once per (node, seq). Two workers split the
