@@ -10,14 +10,17 @@ keeps state in faust Tables, whose Kafka changelogs let a restarted or
 rebalanced worker resume. (A faust Table without Kafka would queue a
 changelog record per update that nothing ever sends.)
 
-Readings are handled in batches (`take`), in this order, so that a worker
-killed at any point loses nothing and pages nobody twice:
+Readings are handled in batches (`take_events`), in this order, so that a
+worker killed at any point loses nothing and pages nobody twice:
 
 1. every new reading goes to the sink, and the sink is flushed (durable);
 2. every warning the batch raised is stored and handed on (`on_warning`
    returns once Kafka, or the alert service, has it);
 3. only then is the per-node state written (its changelog record sent);
-4. faust acknowledges the batch's offsets only after all of that.
+4. faust acknowledges the batch's offsets only after all of that, and in
+   the distributed mode commits no further than the worker's own offset
+   ledger (`stream.offsets`), which also brings back any record faust
+   skipped.
 
 A worker that dies between 1 and 4 gets the batch again. Readings its state
 already holds are recognised by the per-node sequence window and skipped;
@@ -38,9 +41,10 @@ import logging
 import random
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from functools import partial
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar, cast
 
 import faust
+from faust.types import EventT
 
 from cityvitals.clock import Clock, SystemClock
 from cityvitals.contract import (
@@ -53,11 +57,14 @@ from cityvitals.contract import (
 )
 from cityvitals.store import StoreError
 from stream.engine import NodeState, RuleEngine, decode_state, encode_state, first_time
+from stream.offsets import Record
 from stream.presence import Presence, PresencePolicy, PresenceTracker
 from stream.presence import decode_presence as decode_presence_state
 from stream.presence import encode_presence as encode_presence_state
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class ReadingSink(Protocol):
@@ -68,6 +75,16 @@ class ReadingSink(Protocol):
     async def write_warning(self, warning: Warning, body: bytes) -> None: ...
 
     async def flush(self) -> None: ...
+
+
+class OffsetKeeper(Protocol):
+    """Which records of a batch to process; see `stream.kafka_offsets.OffsetGuard`."""
+
+    async def admit(self, records: Sequence[Record]) -> list[Record]: ...
+
+    def processed(self, records: Sequence[Record]) -> None: ...
+
+    async def overdue(self) -> list[Record]: ...
 
 
 WarningHandler = Callable[[Warning], Awaitable[None]]
@@ -111,6 +128,8 @@ class ReadingPipeline:
         #: bad input; the distributed worker exits there (nothing committed).
         on_fatal: Callable[[BaseException], None] | None = None,
         retry_backoff: tuple[float, float] = (0.5, 15.0),
+        #: The distributed worker's offset ledger (`stream.kafka_offsets`).
+        offsets: OffsetKeeper | None = None,
     ) -> None:
         self.app = app
         self.engine = engine or RuleEngine()
@@ -131,6 +150,9 @@ class ReadingPipeline:
         self._ready = ready
         self._on_fatal = on_fatal
         self._retry_backoff = retry_backoff
+        self._offsets = offsets
+        # Readings batches and catch-ups take turns: per-node order.
+        self._batch_lock = asyncio.Lock()
         # The presence state is changed by three tasks (readings, presence
         # reports, the silence sweep); each read-modify-write holds the lock
         # across its await so none overwrites another's update.
@@ -175,15 +197,16 @@ class ReadingPipeline:
     # -- readings ---------------------------------------------------------
 
     async def _evaluate(self, stream: faust.StreamT[bytes]) -> None:
-        async for batch in stream.take(self._batch_size, within=self._batch_within_s):
-            # Shielded: a stop in the middle finishes the batch (so nothing
-            # acknowledged is lost) before the agent unwinds.
-            work = asyncio.ensure_future(self._batch(batch))
+        # `take_events` is on faust's Stream, not (yet) on its StreamT interface.
+        batches = cast("faust.Stream[bytes]", stream).take_events
+        async for events in batches(self._batch_size, within=self._batch_within_s):
+            work = asyncio.ensure_future(self._handle(events))
             cancelled = False
-            # A stop in the middle finishes the batch first: `take` acknowledges
-            # the batch's offsets as soon as control returns to it, so giving up
-            # early would commit readings never stored. A batch stuck on a dead
-            # sink is ended by the supervisor's SIGKILL, which commits nothing.
+            # A stop in the middle finishes the batch first: `take_events`
+            # acknowledges the batch's offsets as soon as control returns to
+            # it, so giving up early would let faust count as handled readings
+            # never stored. A batch stuck on a dead sink is ended by the
+            # supervisor's SIGKILL, which commits nothing.
             while not work.done():
                 try:
                     await asyncio.shield(work)
@@ -194,15 +217,59 @@ class ReadingPipeline:
             try:
                 work.result()
             except Exception as exc:
-                # `take` would acknowledge this batch, and every later one the
-                # crashed agent never sees. The distributed worker exits
-                # instead, uncommitted, and the batch is handled again.
+                # `take_events` would acknowledge this batch, and every later
+                # one the crashed agent never sees. The distributed worker
+                # exits instead, uncommitted, and the batch is handled again.
                 if self._on_fatal is not None:
                     self._on_fatal(exc)
                 raise
             self._progress.set()
             if cancelled:
                 raise asyncio.CancelledError
+
+    async def _handle(self, events: Sequence[EventT[bytes]]) -> None:
+        async with self._batch_lock:
+            if self._offsets is None:
+                await self._batch([event.value for event in events])
+                return
+            offsets = self._offsets
+            handed = [Record(e.message.tp, e.message.offset, e.value) for e in events]
+            records = await self._until_done(partial(offsets.admit, handed))
+            await self._batch([record.value for record in records])
+            offsets.processed(records)
+
+    async def catch_up(self) -> int:
+        """Handle what faust acknowledged that the agent never saw; return how many.
+
+        faust's acknowledgements run ahead of the readings agent only when it
+        skipped records; the ledger (`stream.offsets`) notices when faust asks
+        to commit past them, and this reads them from Kafka and handles them.
+        """
+        offsets = self._offsets
+        if offsets is None or not self._ready():
+            # While partitions move or their state is recovered, faust holds
+            # the agents back; a catch-up then would write state being
+            # restored. The next one, after the rebalance, reads the same.
+            return 0
+        async with self._batch_lock:
+            records = await self._until_done(offsets.overdue)
+            if records:
+                await self._batch([record.value for record in records])
+                offsets.processed(records)
+                self._progress.set()
+            return len(records)
+
+    async def catch_up_every(self, seconds: float) -> None:
+        """Run `catch_up` forever; one task per distributed worker."""
+        while True:
+            await asyncio.sleep(seconds)
+            try:
+                await self.catch_up()
+            except Exception as exc:
+                # As for a failed batch: the records may be half handled.
+                if self._on_fatal is not None:
+                    self._on_fatal(exc)
+                raise
 
     async def _batch(self, values: Sequence[bytes]) -> None:
         states: dict[str, NodeState] = {}
@@ -362,12 +429,12 @@ class ReadingPipeline:
         if warnings:
             await self._until_done(self._sink.flush)
 
-    async def _until_done(self, step: Callable[[], Awaitable[None]]) -> None:
+    async def _until_done(self, step: Callable[[], Awaitable[T]]) -> T:
         """Retry `step` until it succeeds: a failing sink stalls the stream, never skips."""
         delay = self._retry_backoff[0]
         while True:
             try:
-                await step()
+                result = await step()
             except StoreError as exc:
                 # The embedded store's writer is gone for good: retrying cannot
                 # help. The distributed worker exits (nothing acknowledged, the
@@ -379,14 +446,16 @@ class ReadingPipeline:
             except Exception:
                 if not self._sink_failing:
                     self._sink_failing = True
-                    log.exception("stream: a sink failed; retrying until it recovers")
+                    log.exception(
+                        "stream: a sink write or Kafka read failed; retrying until it recovers"
+                    )
                 await asyncio.sleep(random.uniform(0, delay))
                 delay = min(delay * 2, self._retry_backoff[1])
                 continue
             if self._sink_failing:
                 self._sink_failing = False
-                log.info("stream: the sink recovered")
-            return
+                log.info("stream: the sink (or Kafka) recovered")
+            return result
 
     def _failed(self, exc: Exception) -> None:
         kind = f"{type(exc).__name__}: {exc}"

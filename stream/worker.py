@@ -34,6 +34,7 @@ from cityvitals.clock import Clock
 from cityvitals.contract import Warning, encode
 from stream.agents import ReadingPipeline, ReadingSink
 from stream.engine import RuleEngine
+from stream.kafka_offsets import OffsetGuard, PartitionReader
 from stream.presence import PresencePolicy
 
 log = logging.getLogger(__name__)
@@ -170,11 +171,16 @@ class StreamWorker:
         presence: PresencePolicy | None = None,
         engine: RuleEngine | None = None,
         clock: Clock | None = None,
+        offsets: PartitionReader,
         batch_size: int = 500,
         batch_within_s: float = 0.2,
     ) -> None:
         self.app = app
         self.partitions = partitions
+        self.offsets = OffsetGuard(
+            offsets, topic=readings_topic, assignment=lambda: set(app.consumer.assignment())
+        )
+        self._guarding = False
 
         def topic(name: str) -> Any:
             return app.topic(
@@ -218,11 +224,15 @@ class StreamWorker:
             owner=self.owner,
             ready=self.ready,
             on_fatal=_exit_for_restart,
+            offsets=self.offsets,
         )
 
         app.on_partitions_assigned.connect(self._assigned)  # type: ignore[arg-type]
 
     async def _assigned(self, app: Any, assigned: set[TP], **_: Any) -> None:
+        if not self._guarding:
+            self._guarding = True
+            self.offsets.install(app)
         # One line per rebalance: which partitions of the city this worker holds.
         mine = sorted(tp.partition for tp in assigned if tp.topic == self._readings_name)
         log.info(

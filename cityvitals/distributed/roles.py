@@ -33,6 +33,7 @@ from cityvitals.settings import Settings
 from cityvitals.store import EmbeddedStore
 from cityvitals.tasks import cancel_and_wait
 from gateway.kafka_bridge import KafkaGateway, KafkaTopics
+from stream.kafka_offsets import PartitionReader
 from stream.presence import PresencePolicy
 from stream.worker import TABLES, StreamWorker, create_worker_app
 
@@ -132,6 +133,7 @@ class StreamRole:
             replication=k.replication,
             session_timeout_s=s.session_timeout_s,
         )
+        self._reader = PartitionReader(k.bootstrap, s.app_id)
         self.worker = StreamWorker(
             self.app,
             readings_topic=k.readings_topic,
@@ -146,15 +148,19 @@ class StreamRole:
             ),
             batch_size=s.batch_size,
             batch_within_s=s.batch_within_s,
+            offsets=self._reader,
         )
         self._sweep_every = p.sweep_every_s
-        self._sweeper: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     async def __aenter__(self) -> StreamWorker:
         await self.app.start()
-        self._sweeper = asyncio.create_task(
-            self.worker.pipeline.sweep_every(self._sweep_every), name="presence-sweep"
-        )
+        pipeline = self.worker.pipeline
+        self._tasks = [
+            asyncio.create_task(pipeline.sweep_every(self._sweep_every), name="presence-sweep"),
+            # About as often as faust commits (every 2.8 s by default).
+            asyncio.create_task(pipeline.catch_up_every(2.0), name="offset-catch-up"),
+        ]
         return self.worker
 
     async def __aexit__(
@@ -163,17 +169,20 @@ class StreamRole:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await cancel_and_wait(self._sweeper)
+        for task in self._tasks:
+            await cancel_and_wait(task)
         await self.app.stop()
-        p = self.worker.pipeline
+        await self._reader.__aexit__(None, None, None)
+        p, o = self.worker.pipeline, self.worker.offsets
         log.info(
             "stream worker stopped: %d readings, %d duplicates skipped, %d presence reports, "
-            "%d warnings, %d errors",
+            "%d warnings, %d errors; %d records faust skipped were read from Kafka",
             p.processed,
             p.duplicates,
             p.presence_reports,
             p.warnings,
             p.errors,
+            o.recovered,
         )
 
 

@@ -97,11 +97,6 @@ async def _run_city(
     return store, procs, expected
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="open bug: about 1 run in 5 a stream worker never receives a few readings that "
-    "are in Kafka (no rebalance during traffic); see docs/distributed.md, Known issues",
-)
 async def test_every_reading_arrives_exactly_once_and_two_workers_warn_like_one(
     tmp_path, mosquitto, kafka_server
 ):

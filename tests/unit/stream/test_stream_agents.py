@@ -11,6 +11,7 @@ from cityvitals.kinds import Kind
 from cityvitals.levels import Level
 from stream.agents import ReadingPipeline
 from stream.app import create_embedded_app
+from stream.offsets import Record
 from tests.factories import PLACE
 from tests.waiting import wait_until
 
@@ -129,3 +130,47 @@ async def test_a_resent_reading_is_skipped_and_presence_reports_raise_and_clear(
         ("presence.offline", Level.NONE),
     ]
     assert sink.flushes >= 2
+
+
+class Overdue:
+    """The Kafka side of the offset ledger, reduced to its protocol: records faust
+    acknowledged without handing them over, as `OffsetGuard.overdue` reads them."""
+
+    def __init__(self, records: list[Record]) -> None:
+        self.pending = records
+        self.done: list[Record] = []
+
+    async def admit(self, records):
+        return list(records)
+
+    def processed(self, records):
+        self.done += records
+
+    async def overdue(self):
+        out, self.pending = self.pending, []
+        return out
+
+
+async def test_catch_up_handles_skipped_records_once_and_waits_out_a_rebalance(tmp_path):
+    """Records faust skipped are stored and evaluated by `catch_up`, and marked processed
+    only then; while partitions move (not ready) the catch-up leaves them for later."""
+    app = create_embedded_app(tmp_path)
+    sink = Sink()
+    skipped = [Record(("readings", 0), o, envelope(o, 1.0)) for o in (7, 8)]
+    keeper = Overdue(list(skipped))
+    ready = False
+
+    async def on_warning(w: Warning) -> None:
+        raise AssertionError("no warning expected")
+
+    pipeline = ReadingPipeline(
+        app, sink=sink, on_warning=on_warning, offsets=keeper, ready=lambda: ready
+    )
+    assert await pipeline.catch_up() == 0
+    assert (keeper.pending, sink.readings) == (skipped, [])
+    ready = True
+    assert await pipeline.catch_up() == 2
+    assert sink.readings == [("wl-0001", 7), ("wl-0001", 8)]
+    assert keeper.done == skipped
+    assert await pipeline.catch_up() == 0
+    assert pipeline.processed == 2
