@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -55,6 +56,11 @@ def _setup_logging(verbose: int, console: object | None = None, *, plain: bool =
         "stream.app",
     ):
         logging.getLogger(noisy).setLevel(logging.DEBUG if verbose > 2 else logging.WARNING)
+    # CITYVITALS_DEBUG=faust.tables.recovery,aiokafka: those loggers at DEBUG, the
+    # rest as they are (diagnosing one library without drowning in all of them).
+    for name in os.environ.get("CITYVITALS_DEBUG", "").split(","):
+        if name.strip():
+            logging.getLogger(name.strip()).setLevel(logging.DEBUG)
 
 
 def _check_mqtt_url(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -386,6 +392,8 @@ def _stop_on_signals() -> asyncio.Event:
     """An event set by SIGTERM or Ctrl-C; a second signal cancels the main task."""
     import signal
 
+    from cityvitals.tasks import dump_tasks
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     main_task = asyncio.current_task()
@@ -397,6 +405,8 @@ def _stop_on_signals() -> asyncio.Event:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
+    # `kill -USR1 <pid>`: where is every task waiting? (a stuck service, diagnosed live)
+    loop.add_signal_handler(signal.SIGUSR1, dump_tasks, logging.getLogger("cityvitals"))
     return stop
 
 

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import io
+import logging
+import sys
+import traceback
 from typing import Any
 
 
@@ -40,3 +45,49 @@ def notify(event: asyncio.Event) -> asyncio.Event:
     """
     event.set()
     return asyncio.Event()
+
+
+def dump_tasks(log: logging.Logger) -> int:
+    """Log the stack of every task of the running loop and every thread; return how
+    many tasks. For `kill -USR1` on a service that seems stuck: it says where each
+    piece of work is waiting, without stopping anything.
+    """
+    out = io.StringIO()
+    # Libraries run event loops of their own in threads (faust's Kafka consumer).
+    loops = [asyncio.get_running_loop()]
+    loops += [
+        o
+        for o in gc.get_objects()
+        if isinstance(o, asyncio.AbstractEventLoop) and o.is_running() and o not in loops
+    ]
+    tasks = [t for loop in loops for t in sorted(asyncio.all_tasks(loop), key=_name)]
+    for task in tasks:
+        out.write(f"--- task {task.get_name()}\n")
+        for where in _awaiting(task.get_coro()):
+            out.write(f"  {where}\n")
+    for ident, frame in sys._current_frames().items():
+        out.write(f"--- thread {ident}\n")
+        out.write("".join(traceback.format_stack(frame, limit=12)))
+    log.warning("%d tasks; stacks follow\n%s", len(tasks), out.getvalue())
+    return len(tasks)
+
+
+def _name(task: asyncio.Task[Any]) -> str:
+    return task.get_name()
+
+
+def _awaiting(coro: Any, depth: int = 40) -> list[str]:
+    """file:line (function) of each coroutine in the chain `coro` is awaiting, outermost
+    first: `Task.print_stack` shows only the outermost frame of a suspended task."""
+    out: list[str] = []
+    while coro is not None and len(out) < depth:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is None:
+            if out or not isinstance(coro, asyncio.Future):
+                break
+            out.append(repr(coro)[:200])
+            break
+        code = frame.f_code
+        out.append(f"{code.co_filename}:{frame.f_lineno} ({code.co_name})")
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+    return out

@@ -10,6 +10,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
@@ -102,6 +103,17 @@ class RoleProcess:
                 self.proc.wait()
                 raise AssertionError(f"{self.roles} did not stop within {timeout} s") from None
         return self.proc.returncode
+
+    def dump_stacks(self, timeout: float = 5.0) -> None:
+        """SIGUSR1: the process logs where each of its tasks and threads waits
+        (for a failing test to show why a process is stuck)."""
+        if not self.alive():
+            return
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + timeout
+        while "stacks follow" not in self.text() and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

@@ -169,7 +169,8 @@ async def test_workers_joining_and_leaving_while_readings_flow_lose_nothing(
     except AssertionError:
         for p in (front, first, second):
             if p.proc:
-                print(f"--- {p.log.name}\n{p.text()[-6000:]}")
+                p.dump_stacks()
+                print(f"--- {p.log.name}\n{p.text()[-20000:]}")
         raise
     finally:
         stop.set()
