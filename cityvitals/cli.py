@@ -154,6 +154,12 @@ def main() -> None:
 )
 @click.option("--quiet-day", is_flag=True, help="Normal city life only: no scripted incidents.")
 @click.option(
+    "--rules",
+    "rules_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Early-warning rules from this TOML file instead of the built-in ones.",
+)
+@click.option(
     "-v", "--verbose", count=True, help="More log detail (-vv debug, -vvv libraries too)."
 )
 def demo(
@@ -167,6 +173,7 @@ def demo(
     webhook_url: str | None,
     data_dir: Path,
     quiet_day: bool,
+    rules_path: Path | None,
     verbose: int,
 ) -> None:
     """Run a simulated city's day through the whole pipeline, in one process.
@@ -212,6 +219,7 @@ def demo(
         webhook_url=webhook_url,
         registry_path=registry_path,
         quiet=quiet_day,
+        rules_path=rules_path,
     )
     try:
         result = asyncio.run(run_with_console(options, console))
@@ -362,9 +370,18 @@ def _serve(config_path: Path, chosen: set[str], *, check: bool, verbose: int) ->
             nodes = len(Registry.load(settings.registry_path))
         except CityvitalsError as exc:
             raise click.ClickException(str(exc)) from exc
+        rules = "built-in rules"
+        if settings.stream.rules_path is not None:
+            from stream.rules import load_rules
+
+            try:
+                count = len(load_rules(settings.stream.rules_path))
+            except CityvitalsError as exc:
+                raise click.ClickException(str(exc)) from exc
+            rules = f"rules {settings.stream.rules_path} ({count})"
         k = settings.kafka
         click.echo(
-            f"{settings.path}: roles {', '.join(sorted(chosen))}; MQTT "
+            f"{settings.path}: roles {', '.join(sorted(chosen))}; {rules}; MQTT "
             f"{settings.broker.host}:{settings.broker.port}"
             f"{' with TLS' if settings.broker.tls else ''}; Kafka {k.bootstrap_servers} "
             f"({k.partitions} partitions, topics {k.readings_topic}, {k.presence_topic}, "
@@ -454,6 +471,37 @@ def city_check(path: Path) -> None:
         f"{path}: {len(registry)} nodes, {len(registry.districts())} districts, "
         + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items()))
     )
+
+
+@main.group()
+def rules() -> None:
+    """Early-warning rule files: check one and list what it would run."""
+
+
+@rules.command("check")
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path), required=False)
+def rules_check(path: Path | None) -> None:
+    """Validate a rule file (default: the built-in rules); the error names the rule and
+    the field. Lists each rule: name, type, kind, metric and where it applies."""
+    from stream.rules import default_rules, load_rules
+
+    try:
+        loaded = default_rules() if path is None else load_rules(path)
+    except CityvitalsError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"{path or 'built-in rules'}: {len(loaded)} rules")
+    for rule in loaded:
+        kind = type(rule).__name__.removesuffix("Rule").lower()
+        where = "" if rule.selector.everything else f" where {_describe(rule.selector)}"
+        click.echo(f"  {rule.name}: {kind} on {rule.kind.value}.{rule.metric}{where}")
+
+
+def _describe(selector: object) -> str:
+    fields = ("district", "street", "grid", "unit", "node")
+    parts = [
+        f"{name} in {sorted(values)}" for name in fields if (values := getattr(selector, name))
+    ]
+    return ", ".join(parts)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -106,6 +106,8 @@ class StreamSection(_Section, frozen=True):
     #: Kafka consumer-group session timeout: a dead worker's partitions move
     #: after this long. Kafka brokers refuse less than 6 s by default.
     session_timeout_s: Annotated[float, msgspec.Meta(ge=6, le=1800)] = 10.0
+    #: The early-warning rule file (relative to this file); none: the built-in rules.
+    rules: str | None = None
 
 
 class PresenceSection(_Section, frozen=True):
@@ -203,6 +205,8 @@ class StreamSettings:
     batch_size: int = 500
     batch_within_s: float = 0.2
     session_timeout_s: float = 10.0
+    #: The early-warning rule file; None for the built-in rules.
+    rules_path: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,6 +285,11 @@ def _build(path: Path, raw: SettingsFile) -> Settings:
             batch_size=raw.stream.batch_size,
             batch_within_s=raw.stream.batch_within_s,
             session_timeout_s=raw.stream.session_timeout_s,
+            rules_path=(
+                None
+                if raw.stream.rules is None
+                else resolve_path(path, "stream.rules", raw.stream.rules)
+            ),
         ),
         presence=PresenceSettings(
             silent_after_s=raw.presence.silent_after_s,

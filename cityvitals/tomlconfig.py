@@ -48,6 +48,7 @@ __all__ = [
     "resolve_path",
     "sections_of",
     "tls_context",
+    "variants_of",
 ]
 
 T = TypeVar("T", bound=msgspec.Struct)
@@ -94,14 +95,21 @@ def read_toml(path: Path, describe: str) -> dict[str, Any]:
 
 def sections_of(root: type[msgspec.Struct]) -> dict[str, type[msgspec.Struct]]:
     """Every struct in `root`'s tree by its key path: "" for the root, `node[]` for
-    the tables of an array, `node[].simulate` for a table inside them."""
-    found: dict[str, type[msgspec.Struct]] = {}
+    the tables of an array, `node[].simulate` for a table inside them. Where a key
+    holds one of several structs (a tagged union), the first is given here;
+    `variants_of` has them all."""
+    return {key: structs[0] for key, structs in variants_of(root).items()}
+
+
+def variants_of(root: type[msgspec.Struct]) -> dict[str, list[type[msgspec.Struct]]]:
+    """Like `sections_of`, with every struct a key path may hold."""
+    found: dict[str, list[type[msgspec.Struct]]] = {}
 
     def walk(key: str, kind: msgspec.inspect.Type) -> None:
         if isinstance(kind, msgspec.inspect.StructType):
-            if key in found:
+            if kind.cls in found.get(key, []):
                 return
-            found[key] = kind.cls
+            found.setdefault(key, []).append(kind.cls)
             for field in kind.fields:
                 walk(join_key(key, field.name), field.type)
         elif isinstance(kind, msgspec.inspect.UnionType):
@@ -129,6 +137,7 @@ class Schema(Generic[T]):
         self.describe = describe
         self.hints: Mapping[str, str] = dict(hints or {})
         self.sections = sections_of(root)
+        self.variants = variants_of(root)
 
     def load(self, path: Path) -> T:
         """Read and check the file; any mistake is one `ConfigError`."""
@@ -169,18 +178,18 @@ class Schema(Generic[T]):
 
     def fields(self, section: str) -> list[str]:
         """The keys the table at `section` (a key path with `[]`) may hold, sorted."""
-        struct = self.sections.get(section)
-        return sorted(struct.__struct_fields__) if struct else []
+        return sorted({f for s in self.variants.get(section, []) for f in s.__struct_fields__})
 
     def field_type(self, key: str) -> msgspec.inspect.Type | None:
         """The declared type at `key` (a key path with `[]`); None if not a field."""
         parent, _, name = key.rpartition(".")
-        struct = self.sections.get(parent)
-        if struct is None:
-            return None
-        info = msgspec.inspect.type_info(struct)
-        fields = info.fields if isinstance(info, msgspec.inspect.StructType) else ()
-        return next((f.type for f in fields if f.name == name), None)
+        for struct in self.variants.get(parent, []):
+            info = msgspec.inspect.type_info(struct)
+            fields = info.fields if isinstance(info, msgspec.inspect.StructType) else ()
+            found = next((f.type for f in fields if f.name == name), None)
+            if found is not None:
+                return found
+        return None
 
     def _bad_key(self, path: Path, data: Any, key: str, what: str) -> ConfigError:
         """A table whose *keys* are checked (such as kinds): name the bad key."""

@@ -103,8 +103,8 @@ class NodeReporter:
 
 
 #: Defaults per kind. Deadbands are about the sensors' noise; watch levels
-#: sit at 80 % of the stream's lowest (blue) threshold in stream/rules.py, a
-#: test keeps them below it.
+#: sit at 80 % of the stream's lowest (blue) threshold in
+#: stream/rules/default.toml, a test keeps them below it.
 DEFAULT_METRICS: Mapping[Kind, Mapping[str, MetricPolicy]] = {
     Kind.WATER_LEVEL: {"depth_cm": MetricPolicy(deadband=0.5, watch=8.0)},
     Kind.MANHOLE: {

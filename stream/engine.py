@@ -25,9 +25,8 @@ from collections.abc import Iterable
 import msgspec
 
 from cityvitals.contract import CONTRACT_VERSION, Evidence, Placement, Reading, Warning, fingerprint
-from cityvitals.kinds import Kind, metric_spec
-from cityvitals.levels import Level
-from stream.rules import DEFAULT_RULES, RuleState, ThresholdRule
+from cityvitals.kinds import Kind
+from stream.rules import DEFAULT_RULES, Outcome, Rule, RuleState
 
 EVIDENCE_READINGS = 5
 
@@ -87,9 +86,12 @@ def decode_state(data: bytes | None) -> NodeState:
 
 
 class RuleEngine:
-    def __init__(self, rules: Iterable[ThresholdRule] = DEFAULT_RULES) -> None:
+    """The rules of a deployment, indexed by kind; evaluates each reading against those
+    whose selector matches the node."""
+
+    def __init__(self, rules: Iterable[Rule] = DEFAULT_RULES) -> None:
         self.rules = tuple(rules)
-        self._by_kind: dict[Kind, tuple[ThresholdRule, ...]] = {
+        self._by_kind: dict[Kind, tuple[Rule, ...]] = {
             kind: tuple(r for r in self.rules if r.kind is kind) for kind in Kind
         }
 
@@ -101,39 +103,20 @@ class RuleEngine:
             del recent[:-EVIDENCE_READINGS]
         changed: list[Warning] = []
         for rule in self._by_kind[reading.kind]:
-            observed = reading.metrics.get(rule.metric)
-            if observed is None:
+            if rule.metric not in reading.metrics:
+                continue
+            if not rule.selector.everything and not rule.selector.matches(reading.node, placement):
                 continue
             rule_state = state.rules.setdefault(rule.name, RuleState())
-            before = rule_state.level
-            after = rule.step(rule_state, observed)
-            if after is not None:
-                changed.append(
-                    self._warning(
-                        rule,
-                        reading=reading,
-                        placement=placement,
-                        state=state,
-                        before=before,
-                        after=after,
-                        value=observed,
-                    )
-                )
+            outcome = rule.evaluate(rule_state, reading)
+            if outcome is not None:
+                changed.append(self._warning(rule, outcome, reading, placement, state))
         return changed
 
     @staticmethod
     def _warning(
-        rule: ThresholdRule,
-        *,
-        reading: Reading,
-        placement: Placement,
-        state: NodeState,
-        before: Level,
-        after: Level,
-        value: float,
+        rule: Rule, outcome: Outcome, reading: Reading, placement: Placement, state: NodeState
     ) -> Warning:
-        # A cleared warning reports the threshold of the level it left.
-        threshold = rule.threshold(after if after > Level.NONE else before)
         return Warning(
             v=CONTRACT_VERSION,
             fingerprint=fingerprint(rule=rule.name, node=reading.node),
@@ -141,15 +124,16 @@ class RuleEngine:
             node=reading.node,
             kind=reading.kind,
             metric=rule.metric,
-            level=after,
-            previous=before,
-            value=value,
-            threshold=threshold,
-            unit=metric_spec(reading.kind, rule.metric).unit,
+            level=outcome.level,
+            previous=outcome.previous,
+            value=outcome.value,
+            threshold=outcome.threshold,
+            unit=outcome.unit,
             ts_ms=reading.ts_ms,
             seq=reading.seq,
             placement=placement,
             evidence=tuple(
                 Evidence(ts_ms=t, value=v) for t, v in state.recent.get(rule.metric, ())
             ),
+            predicted_crossing_ms=outcome.predicted_crossing_ms,
         )

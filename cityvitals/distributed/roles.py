@@ -33,8 +33,10 @@ from cityvitals.settings import Settings
 from cityvitals.store import EmbeddedStore
 from cityvitals.tasks import cancel_and_wait
 from gateway.kafka_bridge import KafkaGateway, KafkaTopics
+from stream.engine import RuleEngine
 from stream.kafka_offsets import PartitionReader
 from stream.presence import PresencePolicy
+from stream.rules import load_rules
 from stream.worker import TABLES, StreamWorker, create_worker_app
 
 log = logging.getLogger(__name__)
@@ -120,6 +122,12 @@ def gateway_for(settings: Settings, registry: Registry) -> KafkaGateway:
     )
 
 
+def engine_for(settings: Settings) -> RuleEngine:
+    """The rule engine of the configured rule file, or of the built-in rules."""
+    path = settings.stream.rules_path
+    return RuleEngine() if path is None else RuleEngine(load_rules(path))
+
+
 class StreamRole:
     """One faust worker: the app, its agents and the silence sweep."""
 
@@ -146,6 +154,7 @@ class StreamRole:
                 silent_after_by_kind={k.value: v for k, v in p.silent_after_by_kind.items()},
                 level=p.level,
             ),
+            engine=engine_for(settings),
             batch_size=s.batch_size,
             batch_within_s=s.batch_within_s,
             offsets=self._reader,

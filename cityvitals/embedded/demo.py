@@ -25,6 +25,8 @@ from cityvitals.embedded.pipeline import EmbeddedPipeline, PipelineCounts
 from cityvitals.levels import WARNING_LEVELS, Level
 from cityvitals.registry import Registry
 from cityvitals.tasks import cancel_and_wait
+from stream.engine import RuleEngine
+from stream.rules import load_rules
 
 if TYPE_CHECKING:
     from alerts.notify import Notifier
@@ -56,6 +58,8 @@ class DemoOptions:
     #: so a hung webhook is reported as failed deliveries, not as a stall.
     stall_timeout_s: float = 45.0
     quiet: bool = False  # True: no scripted incidents, only normal life
+    #: An early-warning rule file; None: the built-in rules.
+    rules_path: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -153,8 +157,14 @@ async def run_demo(
 
     mqtt = BrokerSettings.from_url(options.mqtt_url) if options.mqtt_url else None
     began = time.monotonic()
+    engine = None if options.rules_path is None else RuleEngine(load_rules(options.rules_path))
     async with EmbeddedPipeline(
-        city, data_dir=options.data_dir, notifiers=notifiers, mqtt=mqtt, clock=clock
+        city,
+        data_dir=options.data_dir,
+        notifiers=notifiers,
+        mqtt=mqtt,
+        clock=clock,
+        engine=engine,
     ) as pipeline:
         if on_ready is not None:
             await on_ready(pipeline)

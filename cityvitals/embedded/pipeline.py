@@ -36,6 +36,7 @@ from gateway.bridge import Gateway
 from gateway.embedded_broker import EmbeddedBroker
 from stream.agents import ReadingPipeline
 from stream.app import create_embedded_app
+from stream.engine import RuleEngine
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +82,10 @@ class EmbeddedPipeline:
         fresh_store: bool = True,
         on_delivery: DeliveryHook | None = None,
         connect_timeout: float = 15.0,
+        engine: RuleEngine | None = None,
     ) -> None:
         self.registry = registry
+        self._engine = engine
         self.data_dir = data_dir
         self._notifiers = tuple(notifiers)
         self._external_mqtt = mqtt
@@ -134,7 +137,9 @@ class EmbeddedPipeline:
             )
         )
         app = create_embedded_app(self.data_dir)
-        self.stream = ReadingPipeline(app, sink=self.store, on_warning=self._on_warning)
+        self.stream = ReadingPipeline(
+            app, sink=self.store, on_warning=self._on_warning, engine=self._engine
+        )
         await app.start()
         # Without Kafka nothing resumes flow control for us: channels stay
         # paused until we do.

@@ -52,3 +52,28 @@ def test_gateway_and_stream_are_shortcuts_for_their_role(tmp_path):
         result = CliRunner().invoke(main, [command, "--config", config, "--check"])
         assert result.exit_code == 0, result.output
         assert f"roles {command};" in result.output
+
+
+def test_check_reads_the_rule_file_and_names_its_mistake(tmp_path):
+    """`run --check` loads `[stream] rules` too: a good file is counted, a bad one is
+    refused naming the rule file, the rule and the field."""
+    config = _config(tmp_path, '[stream]\nrules = "rules.toml"\n')
+    rules = tmp_path / "rules.toml"
+    rules.write_text(
+        '[[rule]]\nname = "d"\ntype = "threshold"\nkind = "water_level"\n'
+        'metric = "depth_cm"\nlevels = { red = 50 }\n'
+    )
+    result = CliRunner().invoke(main, ["run", "--config", config, "--check"])
+    assert result.exit_code == 0, result.output
+    assert f"rules {rules} (1)" in result.output
+    rules.write_text(rules.read_text().replace("depth_cm", "depth"))
+    result = CliRunner().invoke(main, ["run", "--config", config, "--check"])
+    assert result.exit_code == 1
+    assert f'{rules}: rule[0].metric (rule "d"): expected a metric of water_level' in result.output
+
+
+def test_rules_check_lists_what_a_file_would_run(tmp_path):
+    result = CliRunner().invoke(main, ["rules", "check"])
+    assert result.exit_code == 0, result.output
+    assert "built-in rules: 7 rules" in result.output
+    assert "water_level.depth: threshold on water_level.depth_cm" in result.output

@@ -1,0 +1,37 @@
+"""Early-warning rules: pure code that turns a node's readings into level changes.
+
+Four types, each a small frozen class with its memory in a `RuleState` per
+node: thresholds with hysteresis and minimum duration (`threshold`), rate of
+rise (`rate`), forecast to threshold (`forecast`) and several conditions
+together (`composite`). Rules come from a TOML file (`stream.rules.file`);
+`DEFAULT_RULES` are the built-in ones.
+"""
+
+from __future__ import annotations
+
+from stream.rules.base import EVERY_NODE, Outcome, Rule, RuleState, Selector, Steps
+from stream.rules.composite import CompositeRule, Condition
+from stream.rules.file import default_rules, load_rules
+from stream.rules.forecast import ForecastRule
+from stream.rules.rate import RateRule
+from stream.rules.threshold import ThresholdRule
+
+__all__ = [
+    "DEFAULT_RULES",
+    "EVERY_NODE",
+    "CompositeRule",
+    "Condition",
+    "ForecastRule",
+    "Outcome",
+    "RateRule",
+    "Rule",
+    "RuleState",
+    "Selector",
+    "Steps",
+    "ThresholdRule",
+    "default_rules",
+    "load_rules",
+]
+
+#: The built-in rule set (stream/rules/default.toml).
+DEFAULT_RULES: tuple[Rule, ...] = default_rules()
