@@ -19,11 +19,12 @@ partition's state from its changelog before the agents see its messages.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
-from collections.abc import Callable, Iterator, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -32,6 +33,7 @@ from faust.types import TP
 
 from cityvitals.clock import Clock
 from cityvitals.contract import Warning, encode
+from cityvitals.errors import CityvitalsError
 from stream.agents import ReadingPipeline, ReadingSink
 from stream.engine import RuleEngine
 from stream.kafka_offsets import OffsetGuard, PartitionReader
@@ -129,6 +131,10 @@ class NodeTable(MutableMapping[str, bytes]):
         return len(self.table)
 
 
+class RecoveryStalledError(CityvitalsError):
+    """faust's table recovery stopped making progress (see `watch_recovery`)."""
+
+
 def _exit_for_restart(exc: BaseException) -> None:
     """A failure the stream cannot step over: stop the process without committing.
 
@@ -154,6 +160,52 @@ def partition_of(node: str, partitions: int) -> int:
     True
     """
     return int(murmur2(node.encode()) & 0x7FFFFFFF) % partitions
+
+
+async def watch_recovery(
+    app: Any,
+    *,
+    stall_s: float,
+    every_s: float = 5.0,
+    clock: Callable[[], float] | None = None,
+    sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+    on_stall: Callable[[BaseException], None] | None = None,
+) -> None:
+    """Exit for a restart when `app`'s table recovery stops making progress.
+
+    faust's recovery was seen to stall for good after two rebalances in
+    quick succession (a worker joining, another leaving a second later):
+    the changelog partitions the second assignment added are never
+    fetched, so "records left to restore" stays where it is and the
+    worker processes nothing while holding its partitions. A fresh
+    process recovers them normally, so when recovery is in progress and
+    that count has not gone down for `stall_s`, the worker exits (code
+    70, nothing committed) for its supervisor (systemd) to restart it.
+    A long but moving recovery is left alone, whatever it takes.
+    """
+    # `recovery` is on faust's TableManager, not on its TableManagerT interface.
+    recovery = cast(Any, app.tables).recovery
+    clock = clock or asyncio.get_running_loop().time
+    stalled = on_stall or _exit_for_restart
+    best: int | None = None
+    since = clock()
+    while True:
+        await sleep(every_s)
+        if not app.in_recovery:
+            best = None
+            continue
+        remaining = int(recovery.active_remaining_total())
+        if best is None or remaining < best:
+            best, since = remaining, clock()
+            continue
+        if remaining > 0 and clock() - since >= stall_s:
+            stalled(
+                RecoveryStalledError(
+                    f"table recovery made no progress for {clock() - since:.0f} s with "
+                    f"{remaining} changelog record(s) still to read"
+                )
+            )
+            return
 
 
 class StreamWorker:

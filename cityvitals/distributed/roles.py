@@ -37,7 +37,7 @@ from stream.engine import RuleEngine
 from stream.kafka_offsets import PartitionReader
 from stream.presence import PresencePolicy
 from stream.rules import load_rules
-from stream.worker import TABLES, StreamWorker, create_worker_app
+from stream.worker import TABLES, StreamWorker, create_worker_app, watch_recovery
 
 log = logging.getLogger(__name__)
 
@@ -131,8 +131,11 @@ def engine_for(settings: Settings) -> RuleEngine:
 class StreamRole:
     """One faust worker: the app, its agents and the silence sweep."""
 
-    def __init__(self, settings: Settings, sink: EmbeddedStore) -> None:
+    def __init__(
+        self, settings: Settings, sink: EmbeddedStore, *, recovery_stall_s: float = 60.0
+    ) -> None:
         s, k, p = settings.stream, settings.kafka, settings.presence
+        self._recovery_stall_s = recovery_stall_s
         self.app = create_worker_app(
             s.app_id,
             k.bootstrap,
@@ -169,6 +172,9 @@ class StreamRole:
             asyncio.create_task(pipeline.sweep_every(self._sweep_every), name="presence-sweep"),
             # About as often as faust commits (every 2.8 s by default).
             asyncio.create_task(pipeline.catch_up_every(2.0), name="offset-catch-up"),
+            asyncio.create_task(
+                watch_recovery(self.app, stall_s=self._recovery_stall_s), name="recovery-watch"
+            ),
         ]
         return self.worker
 

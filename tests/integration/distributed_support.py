@@ -63,19 +63,26 @@ def write_config(
 
 
 class RoleProcess:
-    """`cityvitals run --role ROLE` as a child process, its log in a file."""
+    """`cityvitals run --role ROLE` as a child process, its log in a file.
 
-    def __init__(self, config: Path, *roles: str, name: str = "") -> None:
+    `supervised`: restarted when it exits with code 70 (EX_SOFTWARE, "exiting for a
+    restart"), as systemd's `Restart=` does in production (deploy/systemd); the
+    check happens whenever a test asks whether it is `running`.
+    """
+
+    def __init__(self, config: Path, *roles: str, name: str = "", supervised: bool = False) -> None:
         self.config = config
         self.roles = roles
         self.log = config.parent / f"{name or '-'.join(roles)}-{uuid.uuid4().hex[:6]}.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.supervised = supervised
+        self.restarts = 0
 
     def start(self) -> RoleProcess:
         args = [sys.executable, "-m", "cityvitals.cli", "run", "--config", str(self.config)]
         for role in self.roles:
             args += ["--role", role]
-        with self.log.open("wb") as out:
+        with self.log.open("ab") as out:
             self.proc = subprocess.Popen(  # noqa: S603 - our own CLI
                 args, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "COLUMNS": "200"}
             )
@@ -116,6 +123,9 @@ class RoleProcess:
             time.sleep(0.05)
 
     def alive(self) -> bool:
+        if self.supervised and self.proc is not None and self.proc.poll() == 70:
+            self.restarts += 1
+            self.start()
         return self.proc is not None and self.proc.poll() is None
 
 
