@@ -2,7 +2,10 @@
 
 The per-node state is a small msgspec struct, encoded to bytes between
 readings, so a faust table (memory in the embedded mode, a Kafka changelog
-in the distributed one) can hold it and a restarted worker resumes it.
+in the distributed one) can hold it and a restarted worker resumes it. An
+anomaly rule's detectors live there too (`RuleState.detector`): with one
+such rule a node's state is about 1-2 kB (3.7 kB for a crowd node and its
+168 time-of-week bins), against a few hundred bytes without.
 
 >>> from cityvitals.contract import Placement, Reading
 >>> engine = RuleEngine()

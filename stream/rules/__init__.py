@@ -1,15 +1,25 @@
 """Early-warning rules: pure code that turns a node's readings into level changes.
 
-Four types, each a small frozen class with its memory in a `RuleState` per
+Five types, each a small frozen class with its memory in a `RuleState` per
 node: thresholds with hysteresis and minimum duration (`threshold`), rate of
-rise (`rate`), forecast to threshold (`forecast`) and several conditions
-together (`composite`). Rules come from a TOML file (`stream.rules.file`);
+rise (`rate`), forecast to threshold (`forecast`), several conditions
+together (`composite`) and the online detectors' anomaly score against
+levels (`anomaly`). Rules come from a TOML file (`stream.rules.file`);
 `DEFAULT_RULES` are the built-in ones.
 """
 
 from __future__ import annotations
 
-from stream.rules.base import EVERY_NODE, Outcome, Rule, RuleState, Selector, Steps
+from stream.rules.anomaly import AnomalyRule, scorer_for
+from stream.rules.base import (
+    EVERY_NODE,
+    LevelThresholds,
+    Outcome,
+    Rule,
+    RuleState,
+    Selector,
+    Steps,
+)
 from stream.rules.composite import CompositeRule, Condition
 from stream.rules.file import default_rules, load_rules
 from stream.rules.forecast import ForecastRule
@@ -19,9 +29,11 @@ from stream.rules.threshold import ThresholdRule
 __all__ = [
     "DEFAULT_RULES",
     "EVERY_NODE",
+    "AnomalyRule",
     "CompositeRule",
     "Condition",
     "ForecastRule",
+    "LevelThresholds",
     "Outcome",
     "RateRule",
     "Rule",
@@ -31,6 +43,7 @@ __all__ = [
     "ThresholdRule",
     "default_rules",
     "load_rules",
+    "scorer_for",
 ]
 
 #: The built-in rule set (stream/rules/default.toml).

@@ -42,6 +42,9 @@ class RuleState(msgspec.Struct, omit_defaults=True):
     #: Reading time at which the current upward streak began.
     streak_ms: int = 0
     windows: dict[str, list[tuple[int, float]]] = msgspec.field(default_factory=dict)
+    #: An anomaly rule's scorer state (`stream.detectors.encode_state` bytes);
+    #: empty, and so not encoded at all, for every other rule type.
+    detector: bytes = b""
 
 
 class Outcome(NamedTuple):

@@ -1,8 +1,8 @@
 """The early-warning rule file (TOML): declarative rules with selectors, checked whole.
 
-Each `[[rule]]` has a `name`, a `type` (threshold, rate, forecast, composite),
-the sensor `kind` it watches and, optionally, `where`: a selector over
-registry fields (district, street, grid, unit, node). Any mistake is one
+Each `[[rule]]` has a `name`, a `type` (threshold, rate, forecast, composite,
+anomaly), the sensor `kind` it watches and, optionally, `where`: a selector
+over registry fields (district, street, grid, unit, node). Any mistake is one
 `ConfigError` naming the file, the rule (index and name) and the field, with
 what was expected. The built-in rules are `stream/rules/default.toml`; the
 annotated example with every type is `deploy/rules.toml`.
@@ -41,6 +41,7 @@ from cityvitals.errors import ConfigError
 from cityvitals.kinds import KIND_METRICS, Kind
 from cityvitals.levels import WARNING_LEVELS, Level
 from cityvitals.tomlconfig import Schema, Section, lookup, read_toml
+from stream.rules.anomaly import DETECTOR_SETS, AnomalyRule
 from stream.rules.base import Rule, Selector
 from stream.rules.composite import CompositeRule, Condition
 from stream.rules.forecast import ForecastRule
@@ -54,6 +55,8 @@ Positive = Annotated[float, msgspec.Meta(gt=0)]
 Streak = Annotated[int, msgspec.Meta(ge=1, le=1000)]
 Points = Annotated[int, msgspec.Meta(ge=2, le=MAX_POINTS)]
 LevelName = Literal["blue", "yellow", "orange", "red"]
+#: A fixed UTC offset of a city's clock, as `SeasonalBaseline` accepts it.
+UtcOffset = Annotated[int, msgspec.Meta(ge=-24 * 60, le=24 * 60)]
 _NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 
 
@@ -146,8 +149,25 @@ class CompositeSpec(_RuleSpec, frozen=True, tag="composite"):
     where: WhereSpec = WhereSpec()
 
 
-RuleSpec = ThresholdSpec | RateSpec | ForecastSpec | CompositeSpec
-RULE_TYPES = ("threshold", "rate", "forecast", "composite")
+class AnomalySpec(_RuleSpec, frozen=True, tag="anomaly"):
+    metric: str
+    #: Anomaly scores (1 - combined p-value), each strictly between 0 and 1.
+    levels: LevelsSpec
+    band: NonNegative = 0.0
+    # Three in a row by default: a calibrated score still fires by chance
+    # (at 0.999, once in a thousand readings); three at once by chance is rare.
+    raise_after: Streak = 3
+    clear_after: Streak = 3
+    min_duration_s: NonNegative = 0.0
+    #: Checked in `_anomaly` against DETECTOR_SETS (one list, not a second Literal).
+    detectors: str = "default"
+    resolution: Positive | None = None
+    utc_offset_minutes: UtcOffset = 0
+    where: WhereSpec = WhereSpec()
+
+
+RuleSpec = ThresholdSpec | RateSpec | ForecastSpec | CompositeSpec | AnomalySpec
+RULE_TYPES = ("threshold", "rate", "forecast", "composite", "anomaly")
 
 
 class RuleFile(Section, frozen=True):
@@ -301,6 +321,8 @@ def _build(path: Path, data: dict[str, Any], i: int, item: RuleSpec) -> Rule:
             clear_after=item.clear_after,
             selector=where,
         )
+    if isinstance(item, AnomalySpec):
+        return _anomaly(path, data, i, item, where)
     if not item.all:
         raise ConfigError(path, _key(data, i, "all"), "at least one condition")
     conditions = []
@@ -333,4 +355,49 @@ def _build(path: Path, data: dict[str, Any], i: int, item: RuleSpec) -> Rule:
         clear_after=item.clear_after,
         min_duration_s=item.min_duration_s,
         selector=where,
+    )
+
+
+def _anomaly(
+    path: Path, data: dict[str, Any], i: int, item: AnomalySpec, where: Selector
+) -> AnomalyRule:
+    _metric(path, data, i, "metric", kind=item.kind, metric=item.metric)
+    if item.detectors not in DETECTOR_SETS:
+        raise ConfigError(
+            path,
+            _key(data, i, "detectors"),
+            f"one of {', '.join(DETECTOR_SETS)}",
+            found=item.detectors,
+        )
+    # The range first: "between 0 and 1" says more about blue = 1.5 than "rising" does.
+    for level, score in item.levels.by_level().items():
+        if not 0.0 < score < 1.0:
+            raise ConfigError(
+                path,
+                _key(data, i, f"levels.{level.label}"),
+                "an anomaly score between 0 and 1, exclusive (such as 0.999)",
+                found=lookup(data, f"rule[{i}].levels.{level.label}"),
+            )
+    by_level = _levels(path, data, i, item.levels)
+    lowest = min(by_level.values())
+    if item.band >= lowest:
+        raise ConfigError(
+            path,
+            _key(data, i, "band"),
+            f"a band below the lowest level's score ({lowest}), or the warning never clears",
+            found=lookup(data, f"rule[{i}].band"),
+        )
+    return AnomalyRule(
+        item.name,
+        item.kind,
+        item.metric,
+        by_level,
+        band=item.band,
+        raise_after=item.raise_after,
+        clear_after=item.clear_after,
+        min_duration_s=item.min_duration_s,
+        selector=where,
+        detectors=item.detectors,
+        resolution=item.resolution,
+        utc_offset_minutes=item.utc_offset_minutes,
     )

@@ -14,6 +14,7 @@ from cityvitals.kinds import Kind
 from cityvitals.levels import Level
 from stream.rules import (
     DEFAULT_RULES,
+    AnomalyRule,
     CompositeRule,
     ForecastRule,
     RateRule,
@@ -172,7 +173,7 @@ def test_the_built_in_rules_are_the_documented_thresholds():
 def test_the_annotated_example_loads_with_every_rule_type():
     rules = load_rules(REPO / "deploy" / "rules.toml")
     types = {type(r) for r in rules}
-    assert types == {ThresholdRule, RateRule, ForecastRule, CompositeRule}
+    assert types == {ThresholdRule, RateRule, ForecastRule, CompositeRule, AnomalyRule}
     assert any(not r.selector.everything for r in rules)
 
 
