@@ -162,6 +162,19 @@ def main() -> None:
     help="Early-warning rules from this TOML file instead of the built-in ones.",
 )
 @click.option(
+    "--influx",
+    "influx_url",
+    metavar="URL",
+    callback=_check_http_url,
+    help="Also write readings and warnings to this InfluxDB 2 (org and bucket 'cityvitals'; "
+    "token from $CITYVITALS_INFLUX_TOKEN or --influx-token-file).",
+)
+@click.option(
+    "--influx-token-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A file holding the InfluxDB token.",
+)
+@click.option(
     "-v", "--verbose", count=True, help="More log detail (-vv debug, -vvv libraries too)."
 )
 def demo(
@@ -176,6 +189,8 @@ def demo(
     data_dir: Path,
     quiet_day: bool,
     rules_path: Path | None,
+    influx_url: str | None,
+    influx_token_file: Path | None,
     verbose: int,
 ) -> None:
     """Run a simulated city's day through the whole pipeline, in one process.
@@ -222,6 +237,12 @@ def demo(
         registry_path=registry_path,
         quiet=quiet_day,
         rules_path=rules_path,
+        influx_url=influx_url,
+        influx_token=(
+            influx_token_file.read_text(encoding="utf-8").strip()
+            if influx_token_file is not None
+            else os.environ.get("CITYVITALS_INFLUX_TOKEN")
+        ),
     )
     try:
         result = asyncio.run(run_with_console(options, console))

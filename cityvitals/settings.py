@@ -2,7 +2,8 @@
 
 `cityvitals run --role gateway|stream|alerts|all` reads it: where the device
 registry is, how to reach Mosquitto and Kafka, and the settings of the MQTT
-gateway, the stream workers, presence (silent nodes) and alert delivery.
+gateway, the stream workers, presence (silent nodes), alert delivery and,
+optionally, InfluxDB (the production sink, next to the embedded store).
 Every mistake is one `ConfigError` naming the file, the key (as a path such as
 `alerts.webhook[1].url`) and what was expected. Relative paths are relative to
 the file's directory. The annotated example is `deploy/cityvitals.toml`.
@@ -39,13 +40,15 @@ from cityvitals.config import BrokerSettings
 from cityvitals.errors import ConfigError
 from cityvitals.kinds import Kind
 from cityvitals.levels import Level
-from cityvitals.tomlconfig import BrokerSection, Schema, broker_settings, resolve_path
+from cityvitals.tomlconfig import BrokerSection, Schema, broker_settings, read_file, resolve_path
 
 __all__ = [
     "AlertSettings",
     "AlertsSection",
     "GatewaySection",
     "GatewaySettings",
+    "InfluxSection",
+    "InfluxSettings",
     "KafkaSection",
     "KafkaSettings",
     "MqttSection",
@@ -70,6 +73,11 @@ SHARE_GROUP = r"^[^/+#\s]{1,100}\Z"
 #: Empty: "cv-gateway-<hostname>".
 CLIENT_ID = r"^[A-Za-z0-9._:-]{0,128}\Z"
 WEBHOOK_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z"
+#: InfluxDB org and bucket names: no quotes or backslashes (they end up in
+#: Flux strings), no control characters; a bucket may not start with '_'
+#: (InfluxDB's own buckets do).
+INFLUX_ORG = r'^[^"\\\x00-\x1f]{1,255}\Z'
+INFLUX_BUCKET = r'^(?!_)[^"\\\x00-\x1f]{1,255}\Z'
 
 _DAY = 86_400.0
 
@@ -128,6 +136,22 @@ class AlertsSection(_Section, frozen=True):
     webhook: tuple[WebhookSection, ...] = ()
 
 
+class InfluxSection(_Section, frozen=True):
+    """The optional `[influxdb]` table: the production sink (see docs/influxdb.md)."""
+
+    url: str
+    org: Annotated[str, msgspec.Meta(pattern=INFLUX_ORG)] = "cityvitals"
+    bucket: Annotated[str, msgspec.Meta(pattern=INFLUX_BUCKET)] = "cityvitals"
+    #: A file holding the token (relative to this file); or `token`, not both.
+    token_file: str | None = None
+    token: str | None = None
+    #: The local spool of points waiting for InfluxDB, relative to data_dir.
+    spool: str = "influx-spool.sqlite3"
+    spool_max_mb: Annotated[float, msgspec.Meta(gt=0, le=1_000_000)] = 1024.0
+    batch_size: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 5000
+    timeout_s: Annotated[float, msgspec.Meta(gt=0, le=300)] = 10.0
+
+
 class SettingsFile(_Section, frozen=True):
     """The file as written: every table, checked for keys, types and ranges."""
 
@@ -139,6 +163,7 @@ class SettingsFile(_Section, frozen=True):
     stream: StreamSection = StreamSection()
     presence: PresenceSection = PresenceSection()
     alerts: AlertsSection = AlertsSection()
+    influxdb: InfluxSection | None = None
 
 
 _SCHEMA = Schema(
@@ -153,6 +178,11 @@ _SCHEMA = Schema(
         ),
         "alerts.webhook[].name": (
             "1 to 64 letters, digits, '.', '_' and '-', starting with a letter or digit"
+        ),
+        "influxdb.org": "1 to 255 characters other than '\"', '\\' and control characters",
+        "influxdb.bucket": (
+            "1 to 255 characters other than '\"', '\\' and control characters,"
+            " not starting with '_'"
         ),
     },
 )
@@ -235,6 +265,18 @@ class AlertSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class InfluxSettings:
+    url: str
+    org: str
+    bucket: str
+    token: str = field(repr=False)
+    spool_path: Path
+    spool_max_bytes: int = 1024 * 1024 * 1024
+    batch_size: int = 5000
+    timeout_s: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     path: Path
     registry_path: Path
@@ -245,6 +287,8 @@ class Settings:
     stream: StreamSettings
     presence: PresenceSettings
     alerts: AlertSettings
+    #: None: no InfluxDB; the embedded store is the only sink.
+    influxdb: InfluxSettings | None = None
 
 
 def load_settings(path: Path | str) -> Settings:
@@ -300,6 +344,40 @@ def _build(path: Path, raw: SettingsFile) -> Settings:
         alerts=AlertSettings(
             console=raw.alerts.console, webhooks=_webhooks(path, raw.alerts.webhook)
         ),
+        influxdb=None if raw.influxdb is None else _influx(path, raw.influxdb, data_dir),
+    )
+
+
+def _influx(path: Path, section: InfluxSection, data_dir: Path) -> InfluxSettings:
+    if not _is_http_url(section.url):
+        raise ConfigError(
+            path, "influxdb.url", "an http:// or https:// url with a host", found=section.url
+        )
+    if section.token is not None and section.token_file is not None:
+        raise ConfigError(path, "influxdb.token_file", "token or token_file, not both")
+    if section.token_file is not None:
+        token = read_file(path, "influxdb.token_file", section.token_file).strip()
+        if not token:
+            raise ConfigError(path, "influxdb.token_file", "a file holding the token; it is empty")
+    elif section.token is not None:
+        token = section.token.strip()
+        if not token:
+            raise ConfigError(path, "influxdb.token", "a token, not an empty string")
+    else:
+        raise ConfigError(
+            path,
+            "influxdb.token_file",
+            'a file holding a token with write access to the bucket (or token = "...")',
+        )
+    return InfluxSettings(
+        url=section.url.rstrip("/"),
+        org=section.org,
+        bucket=section.bucket,
+        token=token,
+        spool_path=resolve_path(path, "influxdb.spool", section.spool, base=data_dir),
+        spool_max_bytes=round(section.spool_max_mb * 1024 * 1024),
+        batch_size=section.batch_size,
+        timeout_s=section.timeout_s,
     )
 
 

@@ -33,10 +33,13 @@ from cityvitals.settings import Settings
 from cityvitals.store import EmbeddedStore
 from cityvitals.tasks import cancel_and_wait
 from gateway.kafka_bridge import KafkaGateway, KafkaTopics
+from stream.agents import ReadingSink
 from stream.engine import RuleEngine
 from stream.kafka_offsets import PartitionReader
 from stream.presence import PresencePolicy
 from stream.rules import load_rules
+from stream.sinks.influx import InfluxSink
+from stream.sinks.tee import TeeSink
 from stream.worker import TABLES, StreamWorker, create_worker_app, watch_recovery
 
 log = logging.getLogger(__name__)
@@ -52,6 +55,8 @@ class Running:
     stream: StreamWorker | None = None
     alerts: AlertsRole | None = None
     store: EmbeddedStore | None = None
+    #: The InfluxDB sink, when cityvitals.toml has an [influxdb] table.
+    influx: InfluxSink | None = None
 
 
 async def prepare_kafka(settings: Settings) -> None:
@@ -90,7 +95,16 @@ async def running(settings: Settings, roles: Collection[str]) -> AsyncIterator[R
             out.alerts = await stack.enter_async_context(AlertsRole(settings))
         if "stream" in roles:
             out.store = await stack.enter_async_context(EmbeddedStore(settings.stream.store_path))
-            out.stream = await stack.enter_async_context(StreamRole(settings, out.store))
+            sink: ReadingSink = out.store
+            if settings.influxdb is not None:
+                # Entered after the store and so closed before it, but after
+                # the stream role has stopped writing: its spool gets every
+                # point the stream flushed.
+                out.influx = await stack.enter_async_context(
+                    InfluxSink.from_settings(settings.influxdb)
+                )
+                sink = TeeSink(out.store, out.influx)
+            out.stream = await stack.enter_async_context(StreamRole(settings, sink))
         if "gateway" in roles:
             registry = Registry.load(settings.registry_path)
             out.gateway = await stack.enter_async_context(gateway_for(settings, registry))
@@ -129,10 +143,14 @@ def engine_for(settings: Settings) -> RuleEngine:
 
 
 class StreamRole:
-    """One faust worker: the app, its agents and the silence sweep."""
+    """One faust worker: the app, its agents and the silence sweep.
+
+    `sink` is the embedded store, or a `TeeSink` of the store and InfluxDB
+    when cityvitals.toml has an [influxdb] table (see `running`).
+    """
 
     def __init__(
-        self, settings: Settings, sink: EmbeddedStore, *, recovery_stall_s: float = 60.0
+        self, settings: Settings, sink: ReadingSink, *, recovery_stall_s: float = 60.0
     ) -> None:
         s, k, p = settings.stream, settings.kafka, settings.presence
         self._recovery_stall_s = recovery_stall_s

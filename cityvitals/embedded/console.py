@@ -16,6 +16,7 @@ from rich.text import Text
 from alerts.notify import Notifier
 from cityvitals.embedded.demo import DemoOptions, DemoResult, install_signal_handlers, run_demo
 from cityvitals.levels import WARNING_LEVELS, Level
+from stream.agents import ReadingSink
 
 log = logging.getLogger("cityvitals.demo")
 
@@ -44,6 +45,35 @@ async def _notifiers(options: DemoOptions, console: Console) -> AsyncIterator[li
         yield notifiers
 
 
+@contextlib.asynccontextmanager
+async def _influx(options: DemoOptions, console: Console) -> AsyncIterator[list[ReadingSink]]:
+    """The InfluxDB sink when --influx is given; on the way out, up to 30 s for InfluxDB
+    to confirm what the run wrote (what it has not stays in the spool for the next run)."""
+    if options.influx_url is None:
+        yield []
+        return
+    from stream.sinks.influx import InfluxSink
+
+    async with InfluxSink(
+        options.influx_url,
+        options.data_dir / "influx-spool.sqlite3",
+        org=options.influx_org,
+        bucket=options.influx_bucket,
+        token=options.influx_token or "",
+    ) as sink:
+        yield [sink]
+        try:
+            async with asyncio.timeout(30):
+                await sink.wait_shipped()
+        except TimeoutError:
+            pass
+        stats = sink.stats()
+        console.print(
+            f"InfluxDB {options.influx_url}: {stats.shipped:,} points shipped"
+            + (f", [red]{stats.in_spool:,} still spooled[/]" if stats.in_spool else "")
+        )
+
+
 async def run_with_console(options: DemoOptions, console: Console) -> DemoResult:
     stop = asyncio.Event()
     install_signal_handlers(stop)
@@ -51,7 +81,7 @@ async def run_with_console(options: DemoOptions, console: Console) -> DemoResult
         f"[bold]cityvitals demo[/]: a simulated day in {options.duration_s:.0f} s, "
         f"data in {options.data_dir}/"
     )
-    async with _notifiers(options, console) as notifiers:
+    async with _notifiers(options, console) as notifiers, _influx(options, console) as sinks:
         if console.is_terminal:
             with Live(Text(""), console=console, refresh_per_second=4, transient=True) as live:
                 result = await run_demo(
@@ -59,6 +89,7 @@ async def run_with_console(options: DemoOptions, console: Console) -> DemoResult
                     notifiers=notifiers,
                     stop=stop,
                     progress=lambda line: live.update(Text(line, style="dim")),
+                    extra_sinks=sinks,
                 )
         else:
             last = [0.0]
@@ -69,7 +100,9 @@ async def run_with_console(options: DemoOptions, console: Console) -> DemoResult
                     last[0] = now
                     log.info("%s", line)
 
-            result = await run_demo(options, notifiers=notifiers, stop=stop, progress=plain)
+            result = await run_demo(
+                options, notifiers=notifiers, stop=stop, progress=plain, extra_sinks=sinks
+            )
     print_summary(result, console)
     return result
 

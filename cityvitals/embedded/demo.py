@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from alerts.notify import Notifier
     from edge.fleet import SimulatedFleet
     from edge.simulate import Scenario
+    from stream.agents import ReadingSink
 
 log = logging.getLogger("cityvitals.demo")
 
@@ -60,6 +61,11 @@ class DemoOptions:
     quiet: bool = False  # True: no scripted incidents, only normal life
     #: An early-warning rule file; None: the built-in rules.
     rules_path: Path | None = None
+    #: Also write readings and warnings to this InfluxDB 2 (docs/influxdb.md).
+    influx_url: str | None = None
+    influx_org: str = "cityvitals"
+    influx_bucket: str = "cityvitals"
+    influx_token: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -120,12 +126,14 @@ async def run_demo(
     progress: ProgressHook | None = None,
     on_ready: ReadyHook | None = None,
     on_ack: AckHook | None = None,
+    extra_sinks: Sequence[ReadingSink] = (),
 ) -> DemoResult:
     """Run the demo.
 
     `on_ready` runs once the pipeline is up (tests inject input there);
     `on_ack(node, seq)` sees each reading the broker acknowledged (benchmarks
-    time from there).
+    time from there); `extra_sinks` (open, such as an InfluxSink) get every
+    reading and warning too (`EmbeddedPipeline`).
     """
     from cityvitals.config import BrokerSettings
     from edge.buffer import Outbound
@@ -165,6 +173,7 @@ async def run_demo(
         mqtt=mqtt,
         clock=clock,
         engine=engine,
+        extra_sinks=extra_sinks,
     ) as pipeline:
         if on_ready is not None:
             await on_ready(pipeline)

@@ -34,9 +34,10 @@ from cityvitals.registry import Registry
 from cityvitals.store import EmbeddedStore
 from gateway.bridge import Gateway
 from gateway.embedded_broker import EmbeddedBroker
-from stream.agents import ReadingPipeline
+from stream.agents import ReadingPipeline, ReadingSink
 from stream.app import create_embedded_app
 from stream.engine import RuleEngine
+from stream.sinks.tee import TeeSink
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,13 @@ class PipelineCounts:
 
 
 class EmbeddedPipeline:
-    """`async with EmbeddedPipeline(city, data_dir=...) as p:` then publish to `p.broker`."""
+    """`async with EmbeddedPipeline(city, data_dir=...) as p:` then publish to `p.broker`.
+
+    `extra_sinks` get every reading and warning too, after the embedded store
+    (through a `TeeSink`), such as an open `stream.sinks.influx.InfluxSink`.
+    They are the caller's: open before the pipeline starts and closed after
+    it stopped, so they see everything the stream flushed.
+    """
 
     def __init__(
         self,
@@ -83,6 +90,7 @@ class EmbeddedPipeline:
         on_delivery: DeliveryHook | None = None,
         connect_timeout: float = 15.0,
         engine: RuleEngine | None = None,
+        extra_sinks: Sequence[ReadingSink] = (),
     ) -> None:
         self.registry = registry
         self._engine = engine
@@ -93,6 +101,7 @@ class EmbeddedPipeline:
         self._fresh = fresh_store
         self._on_delivery_hook = on_delivery
         self._connect_timeout = connect_timeout
+        self._extra_sinks = tuple(extra_sinks)
         self._stack = AsyncExitStack()
         self._active: dict[str, Level] = {}
         # Which (node, seq) the gateway forwarded: the demo's drain waits for
@@ -137,8 +146,11 @@ class EmbeddedPipeline:
             )
         )
         app = create_embedded_app(self.data_dir)
+        sink: ReadingSink = self.store
+        if self._extra_sinks:
+            sink = TeeSink(self.store, *self._extra_sinks)
         self.stream = ReadingPipeline(
-            app, sink=self.store, on_warning=self._on_warning, engine=self._engine
+            app, sink=sink, on_warning=self._on_warning, engine=self._engine
         )
         await app.start()
         # Without Kafka nothing resumes flow control for us: channels stay

@@ -2,6 +2,8 @@
 
 Mosquitto comes from the Debian package (`./dev test` installs it); each test
 gets its own instance on a free port, so tests never share broker state.
+Kafka (from Maven Central) and InfluxDB (influxd built from its Go module)
+come through their scripts in deploy/, one server per test module.
 """
 
 from __future__ import annotations
@@ -181,6 +183,76 @@ def kafka_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaServ
     """One Kafka per test module (a JVM takes seconds to start); tests use their own topics."""
     require(shutil.which("java") and shutil.which("mvn"), "java and mvn are needed for Kafka")
     server = KafkaServer(tmp_path_factory.mktemp("kafka"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+INFLUX_SCRIPT = REPO / "deploy" / "influxdb" / "influxdb"
+
+
+class InfluxServer:
+    """InfluxDB 2 on a free loopback port, through deploy/influxdb/influxdb: influxd built
+    from its Go module once (cached), started and stopped here. The script's first start
+    sets up org and bucket "cityvitals" and an admin token; the data survives a stop."""
+
+    org = "cityvitals"
+    bucket = "cityvitals"
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.token = ""
+
+    def _script(self, *args: str) -> None:
+        done = subprocess.run(  # noqa: S603 - our own script, fixed arguments
+            [str(INFLUX_SCRIPT), *args], capture_output=True, text=True, check=False, timeout=120
+        )
+        if done.returncode != 0:
+            log = self.workdir / "influxd.log"
+            tail = log.read_text()[-3000:] if log.exists() else ""
+            raise RuntimeError(f"influxdb {args[0]} failed: {done.stderr}\n{tail}")
+
+    def start(self) -> None:
+        self._script("start", str(self.workdir), str(self.port))
+        self.token = (self.workdir / "token").read_text().strip()
+
+    def stop(self) -> None:
+        self._script("stop", str(self.workdir))
+
+    async def create_bucket(self, name: str) -> str:
+        """A new bucket (infinite retention) in the org, for one test; returns its name."""
+        import aiohttp
+
+        headers = {"Authorization": f"Token {self.token}"}
+        async with aiohttp.ClientSession(headers=headers) as http:
+            async with http.get(f"{self.url}/api/v2/orgs", params={"org": self.org}) as answer:
+                answer.raise_for_status()
+                org_id = (await answer.json())["orgs"][0]["id"]
+            body = {"orgID": org_id, "name": name, "retentionRules": []}
+            async with http.post(f"{self.url}/api/v2/buckets", json=body) as answer:
+                if answer.status != 201:
+                    raise RuntimeError(f"creating bucket {name}: {await answer.text()}")
+        return name
+
+
+@pytest.fixture(scope="module")
+def influxdb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InfluxServer]:
+    """One InfluxDB per test module (it takes a second or two to start); tests use their
+    own buckets. A missing influxd fails (no skip): `./dev test` builds it."""
+    built = subprocess.run(  # noqa: S603 - our own script, fixed arguments
+        [str(INFLUX_SCRIPT), "bin"], capture_output=True, text=True, check=False, timeout=30
+    )
+    if built.returncode != 0:
+        pytest.fail(
+            "influxd is not built: run `deploy/influxdb/influxdb fetch` (./dev test and"
+            " ./dev setup do it; it builds InfluxDB from its Go module, 12-14 min once)"
+            f"\n{built.stderr.strip()}"
+        )
+    server = InfluxServer(tmp_path_factory.mktemp("influxdb"))
     server.start()
     try:
         yield server

@@ -23,6 +23,7 @@ from cityvitals.levels import Level
 from cityvitals.settings import (
     AlertsSection,
     GatewaySection,
+    InfluxSection,
     KafkaSection,
     MqttSection,
     PresenceSection,
@@ -143,6 +144,7 @@ def test_defaults_need_only_a_registry(tmp_path: Path):
     assert s.presence.silent_after(Kind.SMOKE) == 900.0
     assert s.alerts.console is True
     assert s.alerts.webhooks == ()
+    assert s.influxdb is None
 
 
 def test_a_good_file_gives_ready_settings(tmp_path: Path):
@@ -204,6 +206,7 @@ def test_relative_paths_resolve_against_the_files_directory(
 def test_the_deploy_example_loads(tmp_path: Path):
     """The annotated example, next to a registry `cityvitals city generate` wrote."""
     example = shutil.copy(REPO / "deploy" / "cityvitals.toml", tmp_path / "cityvitals.toml")
+    (tmp_path / "influxdb-token").write_text("example-token\n")
     result = CliRunner().invoke(
         main, ["city", "generate", "--nodes", "20", "--out", str(tmp_path / "city.csv")]
     )
@@ -215,6 +218,9 @@ def test_the_deploy_example_loads(tmp_path: Path):
     assert s.kafka.replication == 3
     assert s.presence.silent_after(Kind.MANHOLE) > s.presence.silent_after_s
     assert [w.name for w in s.alerts.webhooks] == ["ops"]
+    assert s.influxdb is not None
+    assert s.influxdb.token == "example-token"
+    assert s.influxdb.spool_path == Path("/var/lib/cityvitals/influx-spool.sqlite3")
 
 
 def test_the_deploy_example_sets_every_key():
@@ -229,12 +235,13 @@ def test_the_deploy_example_sets_every_key():
         "[presence]": PresenceSection,
         "[alerts]": AlertsSection,
         "[[alerts.webhook]]": WebhookSection,
+        "[influxdb]": InfluxSection,
     }
     for header, struct in sections.items():
         assert header in text
         for field in msgspec.structs.fields(struct):
             name = field.name
-            if isinstance(field.default, msgspec.Struct) or name == "webhook":
+            if isinstance(field.default, msgspec.Struct) or name in ("webhook", "influxdb"):
                 continue  # a table, documented under its own header
             assert f"{name} = " in text, f"{header or 'top level'} {name}"
 
@@ -251,7 +258,8 @@ def test_the_deploy_example_sets_every_key():
         (
             ('data_dir = "state"', 'data_dir = "state"\nregistery = "x"'),
             "registery",
-            "known keys: alerts, data_dir, gateway, kafka, mqtt, presence, registry, stream",
+            "known keys: alerts, data_dir, gateway, influxdb, kafka, mqtt, presence, registry,"
+            " stream",
         ),
         (("[stream]", "[streams]"), "streams", "known keys: alerts, data_dir"),
         (("\ntimeout_s = 3", "\ntimeout = 3"), "alerts.webhook[1].timeout", "name, timeout_s, url"),
@@ -548,3 +556,109 @@ def test_garbage_text_is_a_config_error_never_a_crash(garbage: str):
 def test_garbage_values_are_a_config_error_never_a_crash(text: str):
     """Valid TOML with any values under known (and unknown) keys."""
     _settle(text)
+
+
+INFLUX = """
+[influxdb]
+url = "http://influx.example:8086/"
+org = "harbour"
+bucket = "harbour-city"
+token_file = "secrets/influx-token"
+spool = "spool/influx.sqlite3"
+spool_max_mb = 2.5
+batch_size = 2000
+timeout_s = 4
+"""
+
+
+def influx_file(tmp_path: Path, text: str = INFLUX) -> Path:
+    city(tmp_path)
+    (tmp_path / "secrets").mkdir(exist_ok=True)
+    (tmp_path / "secrets" / "influx-token").write_text("  tok-123\n")
+    return write(tmp_path, GOOD + text)
+
+
+def test_the_influxdb_table_gives_ready_sink_settings(tmp_path: Path):
+    """[influxdb]: the token is read from its file (relative to the config), the spool lies
+    under data_dir, megabytes become bytes, and the token never shows in a repr."""
+    s = load_settings(influx_file(tmp_path))
+    i = s.influxdb
+    assert i is not None
+    assert (i.url, i.org, i.bucket, i.token) == (
+        "http://influx.example:8086",
+        "harbour",
+        "harbour-city",
+        "tok-123",
+    )
+    assert i.spool_path == (tmp_path / "state" / "spool" / "influx.sqlite3").resolve()
+    assert i.spool_max_bytes == round(2.5 * 1024 * 1024)
+    assert (i.batch_size, i.timeout_s) == (2000, 4.0)
+    assert "tok-123" not in repr(i)
+    assert "tok-123" not in repr(s)
+
+
+def test_the_influxdb_defaults(tmp_path: Path):
+    """Only url and a token are needed: org and bucket "cityvitals", a 1 GiB spool named
+    influx-spool.sqlite3 in data_dir, 5000 points a request, 10 s per request."""
+    s = load_settings(
+        influx_file(tmp_path, '[influxdb]\nurl = "http://127.0.0.1:8086"\ntoken = "t"\n')
+    )
+    i = s.influxdb
+    assert i is not None
+    assert (i.org, i.bucket, i.token) == ("cityvitals", "cityvitals", "t")
+    assert i.spool_path == (tmp_path / "state" / "influx-spool.sqlite3").resolve()
+    assert (i.spool_max_bytes, i.batch_size, i.timeout_s) == (1 << 30, 5000, 10.0)
+
+
+@pytest.mark.parametrize(
+    ("change", "key", "expected"),
+    [
+        (('url = "http://influx.example:8086/"\n', ""), "influxdb.url", "a value (this key"),
+        (("http://influx.example", "influx.example"), "influxdb.url", "an http:// or https://"),
+        (("http://influx.example", "ftp://influx.example"), "influxdb.url", "http"),
+        (("8086/", "0/"), "influxdb.url", "with a host"),
+        (('bucket = "harbour-city"', 'bucket = "_monitoring"'), "influxdb.bucket", "not start"),
+        (('bucket = "harbour-city"', 'bucket = ""'), "influxdb.bucket", "1 to 255 characters"),
+        (('org = "harbour"', 'org = "a\\\\b"'), "influxdb.org", "other than"),
+        (('token_file = "secrets/influx-token"', ""), "influxdb.token_file", "a file holding"),
+        (
+            ('token_file = "secrets/influx-token"', 'token_file = "x"\ntoken = "y"'),
+            "influxdb.token_file",
+            "token or token_file, not both",
+        ),
+        (('"secrets/influx-token"', '"secrets/nope"'), "influxdb.token_file", "a readable file"),
+        (('"secrets/influx-token"', '"secrets"'), "influxdb.token_file", "a readable file"),
+        (('token_file = "secrets/influx-token"', 'token = " "'), "influxdb.token", "not an empty"),
+        (("spool_max_mb = 2.5", "spool_max_mb = 0"), "influxdb.spool_max_mb", "> 0"),
+        (("batch_size = 2000", "batch_size = 0"), "influxdb.batch_size", ">= 1"),
+        (("batch_size = 2000", "batch_size = 200000"), "influxdb.batch_size", "<= 100000"),
+        (("timeout_s = 4", "timeout_s = 0"), "influxdb.timeout_s", "> 0"),
+        (("timeout_s = 4", 'timeout_s = "4"'), "influxdb.timeout_s", "float"),
+        (
+            ("timeout_s = 4", "timeout_s = 4\nprecision = 'ms'"),
+            "influxdb.precision",
+            "one of the known keys: batch_size, bucket, org, spool, spool_max_mb, timeout_s,"
+            " token, token_file, url",
+        ),
+    ],
+)
+def test_an_influxdb_mistake_names_the_file_the_key_and_the_expectation(
+    tmp_path: Path, change: tuple[str, str], key: str, expected: str
+):
+    old, new = change
+    assert old in INFLUX
+    path = influx_file(tmp_path, INFLUX.replace(old, new, 1))
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: {key}: expected"), message
+    assert expected in message, message
+    assert caught.value.key == key
+    assert "\n" not in message
+
+
+def test_an_empty_token_file_is_an_error(tmp_path: Path):
+    path = influx_file(tmp_path)
+    (tmp_path / "secrets" / "influx-token").write_text("\n")
+    with pytest.raises(ConfigError, match=r"influxdb.token_file: expected a file holding the"):
+        load_settings(path)
