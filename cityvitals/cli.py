@@ -42,8 +42,12 @@ def _setup_logging(verbose: int, console: object | None = None, *, plain: bool =
         fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
     from cityvitals.logs import RepeatFilter
 
+    # CITYVITALS_DEBUG=faust.tables.recovery,aiokafka: those loggers at DEBUG, the
+    # rest as they are (diagnosing one library without drowning in all of them),
+    # and none of their lines dropped as repeats.
+    debug = tuple(n.strip() for n in os.environ.get("CITYVITALS_DEBUG", "").split(",") if n.strip())
     # A Kafka client retrying a dead broker logs several lines a second.
-    handler.addFilter(RepeatFilter())
+    handler.addFilter(RepeatFilter(exempt=debug))
     logging.basicConfig(level=level, format=fmt, datefmt="%H:%M:%S", handlers=[handler], force=True)
     # Third-party libraries log per connection or per message at INFO; we
     # report state changes ourselves.
@@ -58,11 +62,8 @@ def _setup_logging(verbose: int, console: object | None = None, *, plain: bool =
         "stream.app",
     ):
         logging.getLogger(noisy).setLevel(logging.DEBUG if verbose > 2 else logging.WARNING)
-    # CITYVITALS_DEBUG=faust.tables.recovery,aiokafka: those loggers at DEBUG, the
-    # rest as they are (diagnosing one library without drowning in all of them).
-    for name in os.environ.get("CITYVITALS_DEBUG", "").split(","):
-        if name.strip():
-            logging.getLogger(name.strip()).setLevel(logging.DEBUG)
+    for name in debug:
+        logging.getLogger(name).setLevel(logging.DEBUG)
 
 
 def _check_mqtt_url(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:

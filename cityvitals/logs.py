@@ -18,6 +18,9 @@ changes only, so the filter is meant for third-party ones.
 >>> r = rec("Unable connect to %s")
 >>> f.filter(r), r.getMessage()
 (True, 'Unable connect to node 1 (2 similar messages in the last 61 s not shown)')
+>>> seen = RepeatFilter(prefixes=("aiokafka",), exempt=("aiokafka",))
+>>> [seen.filter(rec("Unable connect to %s")) for _ in range(2)]
+[True, True]
 """
 
 from __future__ import annotations
@@ -35,17 +38,22 @@ class RepeatFilter(logging.Filter):
         *,
         window_s: float = 60.0,
         prefixes: tuple[str, ...] = ("aiokafka", "kafka", "faust", "mode"),
+        exempt: tuple[str, ...] = (),
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__()
         self._window_s = window_s
         self._prefixes = prefixes
+        #: Loggers someone asked to see in full (CITYVITALS_DEBUG), and their children.
+        self._exempt = exempt
         self._clock = clock
         #: (logger, template) -> (when last let through, repeats dropped since)
         self._seen: dict[tuple[str, str], tuple[float, int]] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not record.name.startswith(self._prefixes):
+            return True
+        if any(record.name == e or record.name.startswith(e + ".") for e in self._exempt):
             return True
         key = (record.name, str(record.msg))
         now = self._clock()
