@@ -40,7 +40,15 @@ import msgspec
 from cityvitals.contract import Reading
 from cityvitals.kinds import Kind, metric_spec
 from cityvitals.levels import Level
-from stream.rules.base import EVERY_NODE, LevelThresholds, Outcome, RuleState, Selector, Steps
+from stream.rules.base import (
+    EVERY_NODE,
+    LevelThresholds,
+    Outcome,
+    RuleState,
+    Selector,
+    Steps,
+    measured,
+)
 
 if TYPE_CHECKING:
     from stream.detectors import AnomalyScorer, ScorerState
@@ -183,20 +191,12 @@ class AnomalyRule:
         value = reading.metrics.get(self.metric)
         if value is None:
             return None
-        score = self.score(state, value, reading.ts_ms)
-        before = state.level
-        after = self._steps.advance(
+        return measured(
             state,
-            self._levels.level_of(score),
-            self._levels.level_of(score, band=self.band),
+            self.score(state, value, reading.ts_ms),
+            levels=self._levels,
+            steps=self._steps,
+            band=self.band,
             ts_ms=reading.ts_ms,
-        )
-        if after is None:
-            return None
-        return Outcome(
-            level=after,
-            previous=before,
-            value=score,
-            threshold=self._levels.reported(after, before),
             unit=SCORE_UNIT,
         )

@@ -196,3 +196,31 @@ class LevelThresholds:
 
     def levels(self) -> Iterable[Level]:
         return (lv for lv, _ in self.by_level)
+
+
+def measured(
+    state: RuleState,
+    measure: float,
+    *,
+    levels: LevelThresholds,
+    steps: Steps,
+    band: float,
+    ts_ms: int,
+    unit: str,
+) -> Outcome | None:
+    """Feed one measure (a reading, a rate, a score) through the level machine against
+    `levels`; the Outcome if the level changed. What the threshold, rate and anomaly
+    rules share once each has its measure."""
+    before = state.level
+    after = steps.advance(
+        state, levels.level_of(measure), levels.level_of(measure, band=band), ts_ms=ts_ms
+    )
+    if after is None:
+        return None
+    return Outcome(
+        level=after,
+        previous=before,
+        value=measure,
+        threshold=levels.reported(after, before),
+        unit=unit,
+    )

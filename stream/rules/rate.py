@@ -25,7 +25,15 @@ from dataclasses import dataclass, field
 from cityvitals.contract import Reading
 from cityvitals.kinds import Kind, metric_spec
 from cityvitals.levels import Level
-from stream.rules.base import EVERY_NODE, LevelThresholds, Outcome, RuleState, Selector, Steps
+from stream.rules.base import (
+    EVERY_NODE,
+    LevelThresholds,
+    Outcome,
+    RuleState,
+    Selector,
+    Steps,
+    measured,
+)
 from stream.trend import keep_recent, theil_sen
 
 #: Points a trend window holds at most, whatever the reporting rate: bounded state.
@@ -91,19 +99,12 @@ class RateRule:
             # Too few points for a trend (a fresh node, or one back from a
             # gap): no evidence either way, so the level stays where it is.
             return None
-        before = state.level
-        after = self._steps.advance(
+        return measured(
             state,
-            self._levels.level_of(rate),
-            self._levels.level_of(rate, band=self.band),
+            rate,
+            levels=self._levels,
+            steps=self._steps,
+            band=self.band,
             ts_ms=reading.ts_ms,
-        )
-        if after is None:
-            return None
-        return Outcome(
-            level=after,
-            previous=before,
-            value=rate,
-            threshold=self._levels.reported(after, before),
             unit=self.unit,
         )

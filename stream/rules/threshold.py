@@ -16,7 +16,15 @@ from dataclasses import dataclass, field
 from cityvitals.contract import Reading
 from cityvitals.kinds import Kind, metric_spec
 from cityvitals.levels import Level
-from stream.rules.base import EVERY_NODE, LevelThresholds, Outcome, RuleState, Selector, Steps
+from stream.rules.base import (
+    EVERY_NODE,
+    LevelThresholds,
+    Outcome,
+    RuleState,
+    Selector,
+    Steps,
+    measured,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,14 +71,12 @@ class ThresholdRule:
         value = reading.metrics.get(self.metric)
         if value is None:
             return None
-        before = state.level
-        after = self.step(state, value, ts_ms=reading.ts_ms)
-        if after is None:
-            return None
-        return Outcome(
-            level=after,
-            previous=before,
-            value=value,
-            threshold=self._levels.reported(after, before),
+        return measured(
+            state,
+            value,
+            levels=self._levels,
+            steps=self._steps,
+            band=self.band,
+            ts_ms=reading.ts_ms,
             unit=metric_spec(self.kind, self.metric).unit,
         )
