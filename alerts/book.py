@@ -6,6 +6,8 @@ yields the same alerts and the same notification ids.
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 from msgspec.structs import replace
 
 from alerts.model import SCHEMA_VERSION, Alert, Event, Notification, notification_id
@@ -40,14 +42,33 @@ class AlertBook:
     >>> n = book.apply(warn(Level.NONE, 12.0, 4))
     >>> n.event, n.alert.state, n.alert.resolved_ms, len(book)
     ('resolved', 'resolved', 4, 0)
+    >>> book.apply(warn(Level.RED, 62.1, 3)) is None  # re-delivered after the resolve
+    True
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, remember_resolved: int = 100_000) -> None:
         self._open: dict[str, Alert] = {}
+        # The (ts_ms, seq) of the warning that resolved each recent alert, oldest
+        # first, bounded: see `apply`.
+        self._resolved: OrderedDict[str, tuple[int, int]] = OrderedDict()
+        self._remember_resolved = remember_resolved
 
     def apply(self, warning: Warning) -> Notification | None:
-        """Fold one warning into the book; return the notification it causes, if any."""
-        current = self._open.get(warning.fingerprint)
+        """Fold one warning into the book; return the notification it causes, if any.
+
+        A warning no newer than the last one applied for its fingerprint (by
+        reading time, then sequence number: a node's clock may repeat) is a
+        re-delivery (a stream worker that died after handing it on emits it
+        again when it redoes the batch) and changes nothing, even once the
+        alert has resolved: otherwise the replayed "firing" would reopen it and
+        page again under the first page's id. Warnings of one fingerprint
+        arrive in order (the warnings topic is keyed by fingerprint).
+        """
+        fp = warning.fingerprint
+        current = self._open.get(fp)
+        last = (current.updated_ms, current.seq) if current else self._resolved.get(fp)
+        if last is not None and (warning.ts_ms, warning.seq) <= last:
+            return None
         if warning.cleared:
             if current is None:
                 # Cleared twice, or cleared after a restart lost the open set:
@@ -118,6 +139,10 @@ class AlertBook:
             seq=warning.seq,
         )
         del self._open[warning.fingerprint]
+        self._resolved[warning.fingerprint] = (warning.ts_ms, warning.seq)
+        self._resolved.move_to_end(warning.fingerprint)
+        if len(self._resolved) > self._remember_resolved:
+            self._resolved.popitem(last=False)
         return _notify("resolved", current.level, resolved, warning.ts_ms)
 
 

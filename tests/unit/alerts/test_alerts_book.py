@@ -120,7 +120,7 @@ def test_alerts_are_independent_per_fingerprint() -> None:
     book.apply(warning(Level.RED, fp="a"))
     book.apply(warning(Level.BLUE, fp="b"))
     assert [a.fingerprint for a in book.open_alerts()] == ["a", "b"]
-    book.apply(warning(Level.NONE, fp="a"))
+    book.apply(warning(Level.NONE, fp="a", ts_ms=2_000))
     assert [a.fingerprint for a in book.open_alerts()] == ["b"]
 
 
@@ -141,3 +141,46 @@ def test_alerts_are_immutable() -> None:
     assert n is not None
     with pytest.raises(AttributeError):
         n.alert.level = Level.BLUE  # type: ignore[misc]
+
+
+def test_a_replayed_batch_of_warnings_pages_nobody_again() -> None:
+    """A stream worker that died after handing warnings on redoes the batch and emits them
+    again: raise, change and clear replayed after the clear (or in the middle) cause no
+    notification, and a genuinely new raise after them still fires."""
+    book = AlertBook()
+    story = [
+        warning(Level.ORANGE, ts_ms=1),
+        warning(Level.RED, ts_ms=2),
+        warning(Level.NONE, ts_ms=3),
+    ]
+    assert [n.event for w in story if (n := book.apply(w))] == [
+        "firing",
+        "level_changed",
+        "resolved",
+    ]
+    assert [book.apply(w) for w in story] == [None, None, None]
+    assert [book.apply(w) for w in story[:2]] == [None, None]
+    assert len(book) == 0
+    n = book.apply(warning(Level.BLUE, ts_ms=4))
+    assert n is not None
+    assert n.event == "firing"
+    # Same reading time, a later reading (a node clock that repeats): a real change.
+    n = book.apply(warning(Level.ORANGE, ts_ms=4, seq=9))
+    assert n is not None
+    assert n.event == "level_changed"
+    # Mid-story: a replay of what an open alert has already taken changes nothing.
+    assert book.apply(warning(Level.BLUE, ts_ms=4)) is None
+    assert book.apply(warning(Level.RED, ts_ms=2)) is None
+    assert book.get("fp-1") is not None
+    assert book.get("fp-1").level is Level.ORANGE
+
+
+def test_resolved_alerts_remembered_are_bounded() -> None:
+    """The book remembers when alerts resolved only for the most recent ones."""
+    book = AlertBook(remember_resolved=2)
+    for i, fp in enumerate(("a", "b", "c")):
+        book.apply(warning(Level.RED, ts_ms=10 * i + 1, fp=fp))
+        book.apply(warning(Level.NONE, ts_ms=10 * i + 2, fp=fp))
+    # "a" was forgotten: its replayed raise opens it again; "c" is still remembered.
+    assert book.apply(warning(Level.RED, ts_ms=1, fp="a")) is not None
+    assert book.apply(warning(Level.RED, ts_ms=21, fp="c")) is None
