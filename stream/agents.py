@@ -56,7 +56,14 @@ from cityvitals.contract import (
     encode,
 )
 from cityvitals.store import StoreError
-from stream.engine import NodeState, RuleEngine, decode_state, encode_state, first_time
+from stream.engine import (
+    MetricScore,
+    NodeState,
+    RuleEngine,
+    decode_state,
+    encode_state,
+    first_time,
+)
 from stream.offsets import Record
 from stream.presence import Presence, PresencePolicy, PresenceTracker
 from stream.presence import decode_presence as decode_presence_state
@@ -276,6 +283,10 @@ class ReadingPipeline:
         heard: dict[str, tuple[Reading, Placement, int]] = {}
         fresh: list[tuple[Reading, Placement, int]] = []
         raised: list[Warning] = []
+        # Anomaly scores go to a sink that keeps them (InfluxDB's `score`).
+        write_score = getattr(self._sink, "write_score", None)
+        scored: list[tuple[Reading, Placement, MetricScore]] = []
+        scores: list[MetricScore] | None = [] if write_score is not None else None
         for value in values:
             try:
                 envelope, reading = decode_enriched(value)
@@ -286,7 +297,11 @@ class ReadingPipeline:
                 if not first_time(state, reading.seq):
                     self.duplicates += 1
                     continue
-                raised += self.engine.evaluate(reading, envelope.placement, state)
+                if scores is not None:
+                    scores.clear()
+                raised += self.engine.evaluate(reading, envelope.placement, state, scores=scores)
+                if scores:
+                    scored += ((reading, envelope.placement, score) for score in scores)
                 heard[node] = (reading, envelope.placement, envelope.received_ms)
                 self._watermark_ms = max(self._watermark_ms, envelope.received_ms)
                 fresh.append(heard[node])
@@ -300,6 +315,11 @@ class ReadingPipeline:
             await self._until_done(
                 partial(self._sink.write_reading, reading, placement, received_ms)
             )
+        if write_score is not None:
+            for reading, placement, score in scored:
+                await self._until_done(
+                    partial(write_score, reading, placement, score.metric, score.score, score.worst)
+                )
         await self._until_done(self._sink.flush)
         self.processed += len(fresh)
         await self._emit(raised)

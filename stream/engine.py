@@ -24,12 +24,13 @@ such rule a node's state is about 1-2 kB (3.7 kB for a crowd node and its
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import NamedTuple
 
 import msgspec
 
 from cityvitals.contract import CONTRACT_VERSION, Evidence, Placement, Reading, Warning, fingerprint
 from cityvitals.kinds import Kind
-from stream.rules import DEFAULT_RULES, Outcome, Rule, RuleState
+from stream.rules import DEFAULT_RULES, AnomalyRule, Outcome, Rule, RuleState
 
 EVIDENCE_READINGS = 5
 
@@ -88,6 +89,14 @@ def decode_state(data: bytes | None) -> NodeState:
     return NodeState() if not data else _state_decoder.decode(data)
 
 
+class MetricScore(NamedTuple):
+    """One anomaly rule's score of one reading's metric, and the detector that gave it."""
+
+    metric: str
+    score: float
+    worst: str
+
+
 class RuleEngine:
     """The rules of a deployment, indexed by kind; evaluates each reading against those
     whose selector matches the node."""
@@ -98,8 +107,18 @@ class RuleEngine:
             kind: tuple(r for r in self.rules if r.kind is kind) for kind in Kind
         }
 
-    def evaluate(self, reading: Reading, placement: Placement, state: NodeState) -> list[Warning]:
-        """Update `state` with `reading`; return a Warning for each level that changed."""
+    def evaluate(
+        self,
+        reading: Reading,
+        placement: Placement,
+        state: NodeState,
+        *,
+        scores: list[MetricScore] | None = None,
+    ) -> list[Warning]:
+        """Update `state` with `reading`; return a Warning for each level that changed.
+
+        With `scores`, each anomaly rule's score of the reading is appended to it.
+        """
         for metric, value in reading.metrics.items():
             recent = state.recent.setdefault(metric, [])
             recent.append((reading.ts_ms, value))
@@ -111,7 +130,12 @@ class RuleEngine:
             if not rule.selector.everything and not rule.selector.matches(reading.node, placement):
                 continue
             rule_state = state.rules.setdefault(rule.name, RuleState())
-            outcome = rule.evaluate(rule_state, reading)
+            if scores is not None and isinstance(rule, AnomalyRule):
+                outcome, scored = rule.evaluate_scored(rule_state, reading)
+                if scored is not None:
+                    scores.append(MetricScore(rule.metric, scored.score, scored.worst))
+            else:
+                outcome = rule.evaluate(rule_state, reading)
             if outcome is not None:
                 changed.append(self._warning(rule, outcome, reading, placement, state))
         return changed

@@ -51,7 +51,7 @@ from stream.rules.base import (
 )
 
 if TYPE_CHECKING:
-    from stream.detectors import AnomalyScorer, ScorerState
+    from stream.detectors import AnomalyScorer, Scored, ScorerState
 
 __all__ = ["DETECTOR_SETS", "SCORE_UNIT", "AnomalyRule", "scorer_for"]
 
@@ -179,24 +179,36 @@ class AnomalyRule:
                 return held
         return self._scorer.new_state()
 
-    def score(self, state: RuleState, value: float, ts_ms: int) -> float:
+    def scored(self, state: RuleState, value: float, ts_ms: int) -> Scored:
         """Score `value` against what the node's series has done, then learn it."""
         held = self.detector_state(state)
         scored = self._scorer.score_one(held, value, ts_ms)
         self._scorer.learn_one(held, value, ts_ms)
         state.detector = msgspec.msgpack.encode(held)
-        return scored.score
+        return scored
+
+    def score(self, state: RuleState, value: float, ts_ms: int) -> float:
+        """`scored`, as the anomaly score alone."""
+        return self.scored(state, value, ts_ms).score
 
     def evaluate(self, state: RuleState, reading: Reading) -> Outcome | None:
+        return self.evaluate_scored(state, reading)[0]
+
+    def evaluate_scored(
+        self, state: RuleState, reading: Reading
+    ) -> tuple[Outcome | None, Scored | None]:
+        """`evaluate`, and the reading's score (for the sink's `score` measurement)."""
         value = reading.metrics.get(self.metric)
         if value is None:
-            return None
-        return measured(
+            return None, None
+        scored = self.scored(state, value, reading.ts_ms)
+        outcome = measured(
             state,
-            self.score(state, value, reading.ts_ms),
+            scored.score,
             levels=self._levels,
             steps=self._steps,
             band=self.band,
             ts_ms=reading.ts_ms,
             unit=SCORE_UNIT,
         )
+        return outcome, scored

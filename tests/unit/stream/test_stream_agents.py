@@ -174,3 +174,46 @@ async def test_catch_up_handles_skipped_records_once_and_waits_out_a_rebalance(t
     assert keeper.done == skipped
     assert await pipeline.catch_up() == 0
     assert pipeline.processed == 2
+
+
+class ScoringSink(Sink):
+    """A sink that also keeps scores, as InfluxDB's `score` measurement does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scores: list[tuple[str, int, str, float]] = []
+
+    async def write_score(self, reading, placement, metric, score, worst):
+        assert placement == WHERE
+        self.scores.append((reading.node, reading.seq, metric, score))
+
+
+async def test_anomaly_scores_reach_a_sink_that_keeps_them(tmp_path):
+    """With an anomaly rule, every stored reading's score goes to a sink with
+    `write_score`, in the same batch as the reading; a sink without it (the embedded
+    store) is simply not asked."""
+    from stream.engine import RuleEngine
+    from stream.rules import AnomalyRule
+
+    app = create_embedded_app(tmp_path)
+    sink = ScoringSink()
+
+    async def on_warning(w: Warning) -> None:
+        pass
+
+    engine = RuleEngine([AnomalyRule("a", Kind.WATER_LEVEL, "depth_cm", {Level.BLUE: 0.999})])
+    pipeline = ReadingPipeline(app, sink=sink, on_warning=on_warning, engine=engine)
+    await app.start()
+    app.flow_control.resume()
+    try:
+        for seq in range(6):
+            await pipeline.send(b"wl-0001", envelope(seq, 1.0 + seq % 2))
+        await pipeline.send(b"wl-0001", envelope(2, 9.0))  # a resend: no second score
+        await asyncio.wait_for(pipeline.wait_processed(7), 10)
+    finally:
+        await app.stop()
+    assert [(n, s, m) for n, s, m, _ in sink.scores] == [
+        ("wl-0001", s, "depth_cm") for s in range(6)
+    ]
+    assert all(0.0 <= score <= 1.0 for *_, score in sink.scores)
+    assert sink.readings == [("wl-0001", s) for s in range(6)]

@@ -296,3 +296,25 @@ def test_changed_detector_settings_start_learning_again_rather_than_fail():
     assert generic.evaluate(state, water(100, 20.0)) is None
     state.detector = b"\x01garbage"
     assert len(default.detector_state(state).parts) == 5
+
+
+def test_the_engine_hands_back_each_readings_score_for_the_sink():
+    """With a `scores` list the engine reports, per reading, what each anomaly rule
+    scored (the same score its warnings carry) and the detector behind it; without one
+    it reports nothing and the warnings are the same."""
+    depths = noise(3, 200) + [60.0] * 5
+    with_scores, without = anomaly_only(), anomaly_only()
+    a, b = NodeState(), NodeState()
+    seen: list[list[tuple[str, float, str]]] = []
+    warned_a, warned_b = [], []
+    for i, depth in enumerate(depths):
+        scores: list = []
+        warned_a += with_scores.evaluate(water(i, depth), PLACE, a, scores=scores)
+        warned_b += without.evaluate(water(i, depth), PLACE, b)
+        seen.append([(s.metric, s.score, s.worst) for s in scores])
+    assert warned_a == warned_b
+    assert all(len(per) == 1 and per[0][0] == "depth_cm" for per in seen)
+    assert all(0.0 <= per[0][1] <= 1.0 for per in seen)
+    raised = next(w for w in warned_a if w.level > Level.NONE)
+    assert seen[raised.seq][0][1] == raised.value
+    assert seen[-1][0][2]  # the strongest detector is named
