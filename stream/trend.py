@@ -14,8 +14,12 @@ not fake a rising trend the way a least-squares line would.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
+
+#: Points a trend window holds at most, whatever the reporting rate: bounded state.
+MAX_POINTS = 16
 
 
 def theil_sen(points: Sequence[tuple[int, float]]) -> tuple[float, float] | None:
@@ -64,3 +68,49 @@ def keep_recent(
     drop = max(drop, len(window) - max_points)
     if drop:
         del window[:drop]
+
+
+@dataclass(frozen=True, slots=True)
+class Trend:
+    """The robust trend of a metric over the last `span_minutes`, for the trend rules
+    (rate, forecast, rising conditions). Its points live in the rule's per-node
+    `windows`, by metric; with fewer than `min_points` there is no trend.
+
+    >>> trend, windows = Trend(span_minutes=30, min_points=3), {}
+    >>> for minute, depth in [(0, 1.0), (1, 2.0)]:
+    ...     trend.add(windows, "depth_cm", (minute * 60_000, depth))
+    >>> trend.fit(windows, "depth_cm") is None
+    True
+    >>> trend.add(windows, "depth_cm", (120_000, 3.0))
+    >>> round(trend.fit(windows, "depth_cm")[0] * 60_000, 3)
+    1.0
+    """
+
+    span_minutes: float
+    min_points: int
+
+    def __post_init__(self) -> None:
+        if self.span_minutes <= 0:
+            raise ValueError("span_minutes > 0")
+        if not 2 <= self.min_points <= MAX_POINTS:
+            raise ValueError(f"min_points between 2 and {MAX_POINTS}")
+
+    def add(
+        self, windows: dict[str, list[tuple[int, float]]], metric: str, point: tuple[int, float]
+    ) -> None:
+        """Add one (ts_ms, value) to `metric`'s window, dropping what fell out of the span."""
+        keep_recent(
+            windows.setdefault(metric, []),
+            point,
+            span_ms=int(self.span_minutes * 60_000),
+            max_points=MAX_POINTS,
+        )
+
+    def fit(
+        self, windows: dict[str, list[tuple[int, float]]], metric: str
+    ) -> tuple[float, float] | None:
+        """`theil_sen` of `metric`'s window; None while it holds too few points."""
+        window = windows.get(metric, [])
+        if len(window) < self.min_points:
+            return None
+        return theil_sen(window)

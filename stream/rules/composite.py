@@ -29,8 +29,8 @@ from cityvitals.contract import Reading
 from cityvitals.kinds import Kind, metric_spec
 from cityvitals.levels import WARNING_LEVELS, Level
 from stream.rules.base import EVERY_NODE, Outcome, RuleState, Selector, Steps
-from stream.rules.rate import MAX_POINTS
-from stream.trend import keep_recent, theil_sen
+from stream.rules.rate import trend_of
+from stream.trend import Trend
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +80,7 @@ class CompositeRule:
     min_duration_s: float = 0.0
     selector: Selector = EVERY_NODE
     _steps: Steps = field(init=False, repr=False, compare=False)
+    _trend: Trend = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.conditions:
@@ -88,8 +89,7 @@ class CompositeRule:
             metric_spec(self.kind, c.metric)
         if self.level not in WARNING_LEVELS:
             raise ValueError(f"{self.name}: level must be one of blue..red")
-        if not 2 <= self.min_points <= MAX_POINTS:
-            raise ValueError(f"{self.name}: min_points between 2 and {MAX_POINTS}")
+        object.__setattr__(self, "_trend", trend_of(self.name, self.span_minutes, self.min_points))
         object.__setattr__(
             self, "_steps", Steps(self.raise_after, self.clear_after, self.min_duration_s)
         )
@@ -100,10 +100,7 @@ class CompositeRule:
         return self.conditions[0].metric
 
     def _rate(self, state: RuleState, metric: str) -> float | None:
-        window = state.windows.get(metric, [])
-        if len(window) < self.min_points:
-            return None
-        fit = theil_sen(window)
+        fit = self._trend.fit(state.windows, metric)
         return None if fit is None else fit[0] * 60_000
 
     def evaluate(self, state: RuleState, reading: Reading) -> Outcome | None:
@@ -112,12 +109,7 @@ class CompositeRule:
             return None
         for c in self.conditions:
             if c.rising_per_minute is not None:
-                keep_recent(
-                    state.windows.setdefault(c.metric, []),
-                    (reading.ts_ms, values[c.metric]),
-                    span_ms=int(self.span_minutes * 60_000),
-                    max_points=MAX_POINTS,
-                )
+                self._trend.add(state.windows, c.metric, (reading.ts_ms, values[c.metric]))
         rates = {
             c.metric: self._rate(state, c.metric)
             for c in self.conditions

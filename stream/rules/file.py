@@ -45,8 +45,9 @@ from stream.rules.anomaly import DETECTOR_SETS, AnomalyRule
 from stream.rules.base import Rule, Selector
 from stream.rules.composite import CompositeRule, Condition
 from stream.rules.forecast import ForecastRule
-from stream.rules.rate import MAX_POINTS, RateRule
+from stream.rules.rate import RateRule
 from stream.rules.threshold import ThresholdRule
+from stream.trend import MAX_POINTS
 
 __all__ = ["RULE_TYPES", "default_rules", "load_rules", "parse_rules"]
 

@@ -29,8 +29,8 @@ from cityvitals.contract import Reading
 from cityvitals.kinds import Kind, metric_spec
 from cityvitals.levels import WARNING_LEVELS, Level
 from stream.rules.base import EVERY_NODE, Outcome, RuleState, Selector, Steps
-from stream.rules.rate import MAX_POINTS
-from stream.trend import keep_recent, theil_sen
+from stream.rules.rate import trend_of
+from stream.trend import Trend
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +48,7 @@ class ForecastRule:
     clear_after: int = 2
     selector: Selector = EVERY_NODE
     _steps: Steps = field(init=False, repr=False, compare=False)
+    _trend: Trend = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         spec = metric_spec(self.kind, self.metric)
@@ -57,24 +58,20 @@ class ForecastRule:
             raise ValueError(
                 f"{self.name}: threshold {self.threshold} is outside {spec.low}..{spec.high}"
             )
-        if self.within_minutes <= 0 or self.span_minutes <= 0:
-            raise ValueError(f"{self.name}: within_minutes > 0 and span_minutes > 0")
-        if not 2 <= self.min_points <= MAX_POINTS:
-            raise ValueError(f"{self.name}: min_points between 2 and {MAX_POINTS}")
+        if self.within_minutes <= 0:
+            raise ValueError(f"{self.name}: within_minutes > 0")
+        object.__setattr__(self, "_trend", trend_of(self.name, self.span_minutes, self.min_points))
         if self.hold_factor < 1:
             raise ValueError(f"{self.name}: hold_factor >= 1")
         object.__setattr__(self, "_steps", Steps(self.raise_after, self.clear_after))
 
     def crossing_ms(self, state: RuleState) -> int | None:
         """When the trend reaches the threshold; None if it does not rise toward it."""
-        window = state.windows.get(self.metric, [])
-        if len(window) < self.min_points:
-            return None
-        fit = theil_sen(window)
+        fit = self._trend.fit(state.windows, self.metric)
         if fit is None:
             return None
         slope, at_last = fit
-        now = window[-1][0]
+        now = state.windows[self.metric][-1][0]
         if at_last >= self.threshold:
             return now
         if slope <= 0:
@@ -85,12 +82,7 @@ class ForecastRule:
         value = reading.metrics.get(self.metric)
         if value is None:
             return None
-        keep_recent(
-            state.windows.setdefault(self.metric, []),
-            (reading.ts_ms, value),
-            span_ms=int(self.span_minutes * 60_000),
-            max_points=MAX_POINTS,
-        )
+        self._trend.add(state.windows, self.metric, (reading.ts_ms, value))
         crossing = None if value >= self.threshold else self.crossing_ms(state)
         lead_ms = None if crossing is None else crossing - reading.ts_ms
         horizon_ms = self.within_minutes * 60_000

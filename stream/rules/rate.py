@@ -34,10 +34,15 @@ from stream.rules.base import (
     Steps,
     measured,
 )
-from stream.trend import keep_recent, theil_sen
+from stream.trend import Trend
 
-#: Points a trend window holds at most, whatever the reporting rate: bounded state.
-MAX_POINTS = 16
+
+def trend_of(rule: str, span_minutes: float, min_points: int) -> Trend:
+    """A rule's `Trend`; a bad setting is a ValueError naming the rule."""
+    try:
+        return Trend(span_minutes, min_points)
+    except ValueError as exc:
+        raise ValueError(f"{rule}: {exc}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,14 +62,14 @@ class RateRule:
     selector: Selector = EVERY_NODE
     _levels: LevelThresholds = field(init=False, repr=False, compare=False)
     _steps: Steps = field(init=False, repr=False, compare=False)
+    _trend: Trend = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         metric_spec(self.kind, self.metric)
         object.__setattr__(self, "_levels", LevelThresholds.of(self.thresholds, what=self.name))
-        if self.per_minutes <= 0 or self.span_minutes <= 0:
-            raise ValueError(f"{self.name}: per_minutes > 0 and span_minutes > 0")
-        if not 2 <= self.min_points <= MAX_POINTS:
-            raise ValueError(f"{self.name}: min_points between 2 and {MAX_POINTS}")
+        if self.per_minutes <= 0:
+            raise ValueError(f"{self.name}: per_minutes > 0")
+        object.__setattr__(self, "_trend", trend_of(self.name, self.span_minutes, self.min_points))
         if self.band < 0:
             raise ValueError(f"{self.name}: band >= 0")
         object.__setattr__(
@@ -77,23 +82,14 @@ class RateRule:
 
     def rate(self, state: RuleState) -> float | None:
         """The current rise per `per_minutes`; None while the window is too short."""
-        window = state.windows.get(self.metric, [])
-        if len(window) < self.min_points:
-            return None
-        fit = theil_sen(window)
+        fit = self._trend.fit(state.windows, self.metric)
         return None if fit is None else fit[0] * self.per_minutes * 60_000
 
     def evaluate(self, state: RuleState, reading: Reading) -> Outcome | None:
         value = reading.metrics.get(self.metric)
         if value is None:
             return None
-        window = state.windows.setdefault(self.metric, [])
-        keep_recent(
-            window,
-            (reading.ts_ms, value),
-            span_ms=int(self.span_minutes * 60_000),
-            max_points=MAX_POINTS,
-        )
+        self._trend.add(state.windows, self.metric, (reading.ts_ms, value))
         rate = self.rate(state)
         if rate is None:
             # Too few points for a trend (a fresh node, or one back from a
