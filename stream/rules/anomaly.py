@@ -126,6 +126,8 @@ class AnomalyRule:
     _steps: Steps = field(init=False, repr=False, compare=False)
     _scorer: AnomalyScorer = field(init=False, repr=False, compare=False)
     _decoder: msgspec.msgpack.Decoder[ScorerState] = field(init=False, repr=False, compare=False)
+    #: The state type of each detector, in order: what a stored state must hold.
+    _part_types: tuple[type, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         from stream.detectors import ScorerState
@@ -153,6 +155,9 @@ class AnomalyRule:
         object.__setattr__(self, "_steps", steps)
         object.__setattr__(self, "_scorer", scorer)
         object.__setattr__(self, "_decoder", msgspec.msgpack.Decoder(ScorerState))
+        object.__setattr__(
+            self, "_part_types", tuple(detector.state_type for _, detector in scorer.detectors)
+        )
 
     @property
     def scorer(self) -> AnomalyScorer:
@@ -174,8 +179,7 @@ class AnomalyRule:
                 held = self._decoder.decode(state.detector)
             except msgspec.DecodeError:
                 held = None
-            expected = [detector.state_type for _, detector in self._scorer.detectors]
-            if held is not None and [type(part) for part in held.parts] == expected:
+            if held is not None and tuple(type(part) for part in held.parts) == self._part_types:
                 return held
         return self._scorer.new_state()
 
