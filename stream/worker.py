@@ -24,7 +24,7 @@ import logging
 import os
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping, Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -183,8 +183,9 @@ async def watch_recovery(
     70, nothing committed) for its supervisor (systemd) to restart it.
     A long but moving recovery is left alone, whatever it takes.
     """
-    # `recovery` is on faust's TableManager, not on its TableManagerT interface.
-    recovery = cast(Any, app.tables).recovery
+    # `recovery` is on faust's TableManager, not on its TableManagerT interface
+    # (hence `app: Any`).
+    recovery = app.tables.recovery
     clock = clock or asyncio.get_running_loop().time
     stalled = on_stall or _exit_for_restart
     best: int | None = None
