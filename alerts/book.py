@@ -88,6 +88,7 @@ class AlertBook:
             seq=warning.seq,
             # The registry may move a node; the alert follows the latest placement.
             placement=warning.placement,
+            area=warning.area,
         )
         self._open[warning.fingerprint] = updated
         if warning.level == current.level:
@@ -123,6 +124,7 @@ class AlertBook:
             value=warning.value,
             threshold=warning.threshold,
             seq=warning.seq,
+            area=warning.area,
         )
         self._open[warning.fingerprint] = alert
         return _notify("firing", Level.NONE, alert, warning.ts_ms)
@@ -137,6 +139,7 @@ class AlertBook:
             value=warning.value,
             threshold=warning.threshold,
             seq=warning.seq,
+            area=warning.area,
         )
         del self._open[warning.fingerprint]
         self._resolved[warning.fingerprint] = (warning.ts_ms, warning.seq)

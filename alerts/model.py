@@ -35,6 +35,11 @@ is exactly what a webhook receives, encoded with `cityvitals.contract.encode`:
     - ``started_ms``, ``updated_ms``, ``resolved_ms`` (``null`` while firing).
     - ``value`` (latest, in ``unit``), ``threshold`` (the rule's threshold for
       the current level, or ``null``), ``seq`` (the reading that last changed it).
+    - ``area`` (only for a spatial rule's alert, whose ``node`` is ``""``):
+      ``scope`` (grid, street, district), ``name``, ``members`` (each
+      ``node``, ``level``, ``value``, ``ts_ms``: the nodes counted, strongest
+      first) and ``total`` (the area's registered nodes). Its ``value`` is
+      how many nodes reached the level, ``threshold`` how many it needs.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ from typing import Final, Literal
 
 import msgspec
 
-from cityvitals.contract import Placement, fingerprint
+from cityvitals.contract import Area, Placement, fingerprint
 from cityvitals.kinds import Kind
 from cityvitals.levels import Level
 
@@ -53,7 +58,7 @@ State = Literal["firing", "resolved"]
 Event = Literal["firing", "level_changed", "resolved"]
 
 
-class Alert(msgspec.Struct, frozen=True, kw_only=True):
+class Alert(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """One early-warning condition as operators see it; change with `msgspec.structs.replace`."""
 
     fingerprint: str
@@ -72,6 +77,12 @@ class Alert(msgspec.Struct, frozen=True, kw_only=True):
     value: float
     threshold: float | None
     seq: int
+    area: Area | None = None
+
+    @property
+    def subject(self) -> str:
+        """The node, or the area's key (`street:Dock Street`) for an area alert."""
+        return self.node if self.area is None else self.area.key
 
 
 class Notification(msgspec.Struct, frozen=True, kw_only=True):

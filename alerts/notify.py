@@ -72,17 +72,31 @@ def format_line(n: Notification) -> str:
         verb, level = "firing", a.level
     where = f"{a.placement.district} / {a.placement.street} / {a.placement.grid}"
     measured = f"{_num(a.value)} {a.unit}"
-    if a.threshold is not None:
+    if a.area is not None:
+        # An area's placement is what its nodes share: leave out what they do not.
+        p = a.placement
+        where = " / ".join(part for part in (p.district, p.street, p.grid) if part)
+        nodes = ", ".join(f"{m.node} {m.level.label}" for m in a.area.members[:AREA_MEMBERS])
+        more = len(a.area.members) - AREA_MEMBERS
+        measured = (
+            f"{_num(a.value)} of {a.area.total or '?'} nodes, {_num(a.threshold or 0)} needed"
+        )
+        measured += f": {nodes}" + (f" and {more} more" if more > 0 else "") if nodes else ""
+    elif a.threshold is not None:
         # State the comparison that is true rather than assume which side fires:
         # a cleared value sits below, a predictive warning may fire from below too.
         op = ">=" if a.value >= a.threshold else "<"
         measured += f" {op} {_num(a.threshold)} {a.unit}"
-    line = f"ALERT {verb:<8} {_level(level):<12} {a.rule}  {a.node}  {where}   {measured}"
+    line = f"ALERT {verb:<8} {_level(level):<12} {a.rule}  {a.subject}  {where}   {measured}"
     if n.event == "level_changed":
         line += f"  (was {_level(n.previous)})"
     elif n.event == "resolved" and a.peak_level > n.previous:
         line += f"  (peak {_level(a.peak_level)})"
     return line
+
+
+#: Members an area alert's line names before "and N more".
+AREA_MEMBERS = 5
 
 
 class ConsoleNotifier:

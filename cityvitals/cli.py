@@ -507,7 +507,7 @@ def rules() -> None:
 def rules_check(path: Path | None) -> None:
     """Validate a rule file (default: the built-in rules); the error names the rule and
     the field. Lists each rule: name, type, kind, metric and where it applies."""
-    from stream.rules import default_rules, load_rules
+    from stream.rules import AreaRule, default_rules, load_rules
 
     try:
         loaded = default_rules() if path is None else load_rules(path)
@@ -517,6 +517,14 @@ def rules_check(path: Path | None) -> None:
     for rule in loaded:
         kind = type(rule).__name__.removesuffix("Rule").lower()
         where = "" if rule.selector.everything else f" where {_describe(rule.selector)}"
+        if isinstance(rule, AreaRule):
+            share = f" (and {rule.fraction:.0%})" if rule.fraction else ""
+            click.echo(
+                f"  {rule.name}: area, at least {rule.nodes}{share} of a {rule.by}'s "
+                f"{rule.kind.value} nodes at {rule.at_least.label} or above by "
+                f"{', '.join(rule.members)}{where}"
+            )
+            continue
         click.echo(f"  {rule.name}: {kind} on {rule.kind.value}.{rule.metric}{where}")
 
 
@@ -609,7 +617,7 @@ def replay_command(
     Threshold and anomaly rules run on whole arrays (several 100 000 rows/s);
     rate, forecast and composite rules run a reading at a time and are much
     slower (10 000 to 20 000 rows/s). Rules with a `where` selector do not apply
-    (a CSV has no registry placement). With --kind generic no rules apply:
+    (a CSV has no registry placement), nor do area rules. With --kind generic no rules apply:
     level is each score against blue 0.999, yellow 0.9999, orange 0.99999,
     red 0.999999, raised after 3 readings in a row and cleared after 3.
     See docs/replay.md.

@@ -197,17 +197,57 @@ class Evidence(_Strict, frozen=True):
     value: float
 
 
+#: The node a warning is about; empty for an area warning (see `Area`).
+WarningNode = Annotated[str, msgspec.Meta(pattern=r"^(?:[a-z0-9][a-z0-9_-]{0,63})?\Z")]
+AreaScope = Literal["grid", "street", "district"]
+
+
+class AreaMember(_Strict, frozen=True):
+    """One node counted by an area warning: its level and the warning that set it."""
+
+    node: NodeId
+    level: Level
+    value: float
+    ts_ms: int
+
+
+class Area(_Strict, frozen=True):
+    """What an area warning (a spatial rule's) is about: k of n nodes of one place.
+
+    `members` are the nodes at or above the level the area reached (or, for a
+    clear, that it left), strongest first; `total` is how many nodes of the
+    rule's kind the registry places there (0 when the stream has no registry).
+    """
+
+    scope: AreaScope
+    name: str
+    members: tuple[AreaMember, ...]
+    total: int = 0
+
+    @property
+    def key(self) -> str:
+        """`grid:HB-101`: the area's identity, for fingerprints and display."""
+        return f"{self.scope}:{self.name}"
+
+
 class Warning(_Strict, frozen=True):
-    """An early-warning state change for one (rule, node): raised, changed or cleared.
+    """An early-warning state change for one (rule, node) or (rule, area): raised,
+    changed or cleared.
 
     `fingerprint` is the identity of the condition, stable across level
     changes, so downstream an alert is updated rather than duplicated.
+
+    An area warning (a spatial rule: k of n nodes of a grid, street or
+    district) has `area` set and `node` empty; its `value` is how many nodes
+    reached the level, `threshold` how many it needs, `seq` counts the area's
+    changes, and `placement` is what its members share (the rest empty; the
+    map position is their centroid).
     """
 
     v: Literal[1]
     fingerprint: str
     rule: str
-    node: NodeId
+    node: WarningNode
     kind: Kind
     metric: str
     level: Level
@@ -220,10 +260,16 @@ class Warning(_Strict, frozen=True):
     placement: Placement
     evidence: tuple[Evidence, ...] = ()
     predicted_crossing_ms: int | None = None
+    area: Area | None = None
 
     @property
     def cleared(self) -> bool:
         return self.level is Level.NONE
+
+    @property
+    def subject(self) -> str:
+        """What the warning is about: the node, or the area's key (`street:Dock Street`)."""
+        return self.node if self.area is None else self.area.key
 
 
 class DeadLetter(_Strict, frozen=True):

@@ -216,6 +216,11 @@ class KafkaSettings:
         return f"{self.topic_prefix}.warnings"
 
     @property
+    def area_topic(self) -> str:
+        """Node warnings on their way to the spatial rules, keyed by (rule, area)."""
+        return f"{self.topic_prefix}.area-updates"
+
+    @property
     def dead_letter_topic(self) -> str:
         return f"{self.topic_prefix}.dead-letters"
 

@@ -76,6 +76,9 @@ class ScenarioError(CityvitalsError):
 
 @dataclass(frozen=True, slots=True)
 class ExpectedAlert:
+    """An alert the scripted day must raise: `node` is the node, or for an area rule
+    the area's key (`district:Harbour`), as `Warning.subject` gives it."""
+
     node: str
     rule: str
     level: Level
@@ -452,6 +455,9 @@ def _rainstorm(sites: list[str], district: str, rng: random.Random, seed: int) -
     )
     overlays: dict[str, Overlay] = {}
     end = rain.start_s
+    yellow = _STORM_LEVELS[Level.YELLOW][0]
+    yellow += 4 * _noise_sd("depth_cm", yellow)
+    wet_together: set[int] | None = None  # steps every promised site is at yellow or above
     for node in sites:
         puddle = rng.uniform(1.5, 5.0)  # a site that promises nothing: far below blue's 10 cm
         level = promised.get(node, Level.NONE)
@@ -474,17 +480,30 @@ def _rainstorm(sites: list[str], district: str, rng: random.Random, seed: int) -
                     f"rainstorm: {node} would hold {level.label} for {held / 60:.0f} min, "
                     f"under the {_HOLD_S / 60:.0f} min a warning needs; widen the storm"
                 )
+            at_yellow = {n for n, depth in enumerate(table) if depth >= yellow}
+            wet_together = at_yellow if wet_together is None else wet_together & at_yellow
         top = table.index(max(table))
         wet = next((n for n in range(top, len(table)) if table[n] < _DRY_CM), len(table))
         end = max(end, rain.start_s + wet * _STEP_S)
         overlays[node] = _table_overlay("depth_cm", rain.start_s, _STEP_S, table)
+    # The built-in district rule wants three gauges at yellow or above at once.
+    together_s = len(wet_together or ()) * _STEP_S
+    if together_s < _HOLD_S:
+        raise ScenarioError(
+            f"rainstorm: the flooded sites of {district} are at yellow together for "
+            f"{together_s / 60:.0f} min, under the {_HOLD_S / 60:.0f} min a district "
+            "warning needs; widen the storm"
+        )
     return Incident(
         "rainstorm",
         f"rainstorm over {district}, {rain.peak_mm_h:.0f} mm/h at its height",
         rain.start_s,
         min(end, DAY_S),
         overlays,
-        tuple(ExpectedAlert(n, "water_level.depth", lvl) for n, lvl in promised.items()),
+        (
+            *(ExpectedAlert(n, "water_level.depth", lvl) for n, lvl in promised.items()),
+            ExpectedAlert(f"district:{district}", "water_level.district_flooding", Level.YELLOW),
+        ),
     )
 
 

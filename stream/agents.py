@@ -53,9 +53,11 @@ from cityvitals.contract import (
     Warning,
     decode_enriched,
     decode_presence,
+    decode_warning,
     encode,
 )
 from cityvitals.store import StoreError
+from stream.areas import AreaEngine, decode_area_state, encode_area_state
 from stream.engine import (
     MetricScore,
     NodeState,
@@ -68,6 +70,7 @@ from stream.offsets import Record
 from stream.presence import Presence, PresencePolicy, PresenceTracker
 from stream.presence import decode_presence as decode_presence_state
 from stream.presence import encode_presence as encode_presence_state
+from stream.rules import AreaState
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +100,17 @@ class OffsetKeeper(Protocol):
 WarningHandler = Callable[[Warning], Awaitable[None]]
 #: Whether this worker owns a node's state now (its partition is assigned here).
 Owns = Callable[[str], bool]
+
+
+def _key_bytes(key: object) -> bytes:
+    if isinstance(key, bytes | bytearray | memoryview):
+        return bytes(key)
+    return b"" if key is None else str(key).encode()
+
+
+def _topic_of(record: Record) -> str:
+    topic: str = record.tp[0]  # type: ignore[index]
+    return topic
 
 
 def _owns_everything(node: str) -> bool:
@@ -137,6 +151,11 @@ class ReadingPipeline:
         retry_backoff: tuple[float, float] = (0.5, 15.0),
         #: The distributed worker's offset ledger (`stream.kafka_offsets`).
         offsets: OffsetKeeper | None = None,
+        #: Spatial rules' area events; default: the engine's area rules, with
+        #: no registry (areas' node counts unknown, placement from the nodes seen).
+        areas: AreaEngine | None = None,
+        area_source: Any = None,
+        area_state: MutableMapping[str, bytes] | None = None,
     ) -> None:
         self.app = app
         self.engine = engine or RuleEngine()
@@ -145,6 +164,12 @@ class ReadingPipeline:
         self._clock = clock or SystemClock()
         self.source = source if source is not None else app.channel()
         self.presence_source = presence_source if presence_source is not None else app.channel()
+        self.areas = areas if areas is not None else AreaEngine(self.engine.area_rules)
+        self.area_source = area_source if area_source is not None else app.channel()
+        self.area_state: MutableMapping[str, bytes] = {} if area_state is None else area_state
+        # A Kafka topic's name (distributed mode), for telling its records from
+        # the readings' in a catch-up; an in-memory channel has none.
+        self._area_topic: str | None = next(iter(getattr(area_source, "topics", ())), None)
         self.state: MutableMapping[str, bytes] = {} if state is None else state
         self.presence_state: MutableMapping[str, bytes] = (
             {} if presence_state is None else presence_state
@@ -158,8 +183,10 @@ class ReadingPipeline:
         self._on_fatal = on_fatal
         self._retry_backoff = retry_backoff
         self._offsets = offsets
-        # Readings batches and catch-ups take turns: per-node order.
+        # Readings batches and catch-ups take turns: per-node order. So do
+        # area batches and theirs: per-area order.
         self._batch_lock = asyncio.Lock()
+        self._area_lock = asyncio.Lock()
         # The presence state is changed by three tasks (readings, presence
         # reports, the silence sweep); each read-modify-write holds the lock
         # across its await so none overwrites another's update.
@@ -176,11 +203,17 @@ class ReadingPipeline:
         self.presence_agent = app.agent(self.presence_source, name="track_presence", concurrency=1)(
             self._track_presence
         )
+        self.area_agent = app.agent(self.area_source, name="evaluate_areas", concurrency=1)(
+            self._evaluate_areas
+        )
         self.processed = 0
         self.duplicates = 0
         self.warnings = 0
         self.errors = 0
         self.presence_reports = 0
+        #: Node warnings handed to the area agent, and those it has counted.
+        self.area_updates = 0
+        self.area_updates_done = 0
         self._progress = asyncio.Event()
         self._last_error = ""
         self._sink_failing = False
@@ -196,18 +229,32 @@ class ReadingPipeline:
         await self.presence_source.send(key=key, value=value)
 
     async def wait_processed(self, count: int) -> None:
-        """Return once `count` readings have been handled (stored and evaluated)."""
-        while self.processed + self.duplicates + self.errors < count:
+        """Return once `count` readings have been handled (stored and evaluated), and
+        every area update they caused counted."""
+        while (
+            self.processed + self.duplicates + self.errors < count
+            or self.area_updates_done < self.area_updates
+        ):
             self._progress.clear()
             await self._progress.wait()
 
     # -- readings ---------------------------------------------------------
 
     async def _evaluate(self, stream: faust.StreamT[bytes]) -> None:
+        await self._batches(stream, self._handle)
+
+    async def _evaluate_areas(self, stream: faust.StreamT[bytes]) -> None:
+        await self._batches(stream, self._handle_areas)
+
+    async def _batches(
+        self,
+        stream: faust.StreamT[bytes],
+        handle: Callable[[Sequence[EventT[bytes]]], Awaitable[None]],
+    ) -> None:
         # `take_events` is on faust's Stream, not (yet) on its StreamT interface.
         batches = cast("faust.Stream[bytes]", stream).take_events
         async for events in batches(self._batch_size, within=self._batch_within_s):
-            work = asyncio.ensure_future(self._handle(events))
+            work = asyncio.ensure_future(handle(events))
             cancelled = False
             # A stop in the middle finishes the batch first: `take_events`
             # acknowledges the batch's offsets as soon as control returns to
@@ -236,14 +283,25 @@ class ReadingPipeline:
 
     async def _handle(self, events: Sequence[EventT[bytes]]) -> None:
         async with self._batch_lock:
-            if self._offsets is None:
-                await self._batch([event.value for event in events])
-                return
-            offsets = self._offsets
-            handed = [Record(e.message.tp, e.message.offset, e.value) for e in events]
-            records = await self._until_done(partial(offsets.admit, handed))
+            records = await self._admit(events)
             await self._batch([record.value for record in records])
-            offsets.processed(records)
+            if self._offsets is not None:
+                self._offsets.processed(records)
+
+    async def _handle_areas(self, events: Sequence[EventT[bytes]]) -> None:
+        async with self._area_lock:
+            records = await self._admit(events)
+            await self._area_batch(records)
+            if self._offsets is not None:
+                self._offsets.processed(records)
+
+    async def _admit(self, events: Sequence[EventT[bytes]]) -> list[Record]:
+        handed = [
+            Record(e.message.tp, e.message.offset, e.value, _key_bytes(e.key)) for e in events
+        ]
+        if self._offsets is None:
+            return handed
+        return await self._until_done(partial(self._offsets.admit, handed))
 
     async def catch_up(self) -> int:
         """Handle what faust acknowledged that the agent never saw; return how many.
@@ -258,10 +316,15 @@ class ReadingPipeline:
             # the agents back; a catch-up then would write state being
             # restored. The next one, after the rebalance, reads the same.
             return 0
-        async with self._batch_lock:
+        async with self._batch_lock, self._area_lock:
             records = await self._until_done(offsets.overdue)
+            areas = [r for r in records if _topic_of(r) == self._area_topic]
+            readings = [r for r in records if _topic_of(r) != self._area_topic]
+            if readings:
+                await self._batch([record.value for record in readings])
+            if areas:
+                await self._area_batch(areas)
             if records:
-                await self._batch([record.value for record in records])
                 offsets.processed(records)
                 self._progress.set()
             return len(records)
@@ -328,6 +391,36 @@ class ReadingPipeline:
         if heard:
             async with self._presence_lock:
                 await self._heard(heard)
+
+    async def _area_batch(self, records: Sequence[Record]) -> None:
+        """Count a batch of node warnings in their areas; emit the area warnings that
+        changed, then write the areas' state (the same order as readings batches)."""
+        states: dict[str, AreaState] = {}
+        raised: list[Warning] = []
+        for record in records:
+            try:
+                key = record.key.decode()
+                warning = decode_warning(record.value)
+                state = states.get(key)
+                if state is None:
+                    state = states[key] = decode_area_state(self.area_state.get(key))
+                changed = self.areas.evaluate(key, warning, state)
+                if changed is not None:
+                    raised.append(changed)
+            except Exception as exc:
+                self.errors += 1
+                self._failed(exc)
+        await self._emit(raised)
+        for key, state in states.items():
+            self.area_state[key] = encode_area_state(state)
+        self.area_updates_done += len(records)
+
+    async def _to_areas(self, warning: Warning, body: bytes) -> None:
+        """Hand a node warning to every area it counts in, and wait until each has it."""
+        for key, _rule in self.areas.routes(warning):
+            delivery = await self.area_source.send(key=key.encode(), value=body)
+            await delivery
+            self.area_updates += 1
 
     async def _heard(self, heard: dict[str, tuple[Reading, Placement, int]]) -> None:
         updates: dict[str, Presence] = {}
@@ -446,6 +539,8 @@ class ReadingPipeline:
             body = encode(warning)
             await self._until_done(partial(self._sink.write_warning, warning, body))
             await self._until_done(partial(self._on_warning, warning))
+            if self.areas and warning.rule in self.areas.members:
+                await self._until_done(partial(self._to_areas, warning, body))
         if warnings:
             await self._until_done(self._sink.flush)
 

@@ -30,7 +30,15 @@ import msgspec
 
 from cityvitals.contract import CONTRACT_VERSION, Evidence, Placement, Reading, Warning, fingerprint
 from cityvitals.kinds import Kind
-from stream.rules import DEFAULT_RULES, AnomalyRule, Outcome, Rule, RuleState
+from stream.rules import (
+    DEFAULT_RULES,
+    AnomalyRule,
+    AnyRule,
+    AreaRule,
+    Outcome,
+    Rule,
+    RuleState,
+)
 
 EVIDENCE_READINGS = 5
 
@@ -99,10 +107,16 @@ class MetricScore(NamedTuple):
 
 class RuleEngine:
     """The rules of a deployment, indexed by kind; evaluates each reading against those
-    whose selector matches the node."""
+    whose selector matches the node.
 
-    def __init__(self, rules: Iterable[Rule] = DEFAULT_RULES) -> None:
-        self.rules = tuple(rules)
+    Spatial rules (`AreaRule`) watch node warnings rather than readings; they
+    are kept apart in `area_rules` for the area agent (`stream.areas`).
+    """
+
+    def __init__(self, rules: Iterable[AnyRule] = DEFAULT_RULES) -> None:
+        every = tuple(rules)
+        self.rules: tuple[Rule, ...] = tuple(r for r in every if not isinstance(r, AreaRule))
+        self.area_rules: tuple[AreaRule, ...] = tuple(r for r in every if isinstance(r, AreaRule))
         self._by_kind: dict[Kind, tuple[Rule, ...]] = {
             kind: tuple(r for r in self.rules if r.kind is kind) for kind in Kind
         }

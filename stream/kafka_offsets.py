@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Collection, Hashable, Sequence
 from typing import Any, Self
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -103,7 +103,7 @@ class PartitionReader:
                     while await consumer.position(part) < stop:
                         fetched = await consumer.getmany(part, timeout_ms=500, max_records=1000)
                         out += (
-                            Record(tp, m.offset, m.value or b"")
+                            Record(tp, m.offset, m.value or b"", m.key or b"")
                             for m in fetched.get(part, [])
                             if start <= m.offset < stop
                         )
@@ -116,18 +116,18 @@ class PartitionReader:
 
 
 class OffsetGuard:
-    """The ledger of one topic's partitions, kept against faust and Kafka."""
+    """The ledger of some topics' partitions, kept against faust and Kafka."""
 
     def __init__(
         self,
         reader: PartitionReader,
         *,
-        topic: str,
+        topics: Collection[str],
         assignment: Callable[[], set[Any]],
     ) -> None:
         self.ledger = OffsetLedger()
         self._reader = reader
-        self._topic = topic
+        self._topics = frozenset(topics)
         self._assignment = assignment
         #: Records faust skipped that were read from Kafka directly.
         self.recovered = 0
@@ -137,7 +137,7 @@ class OffsetGuard:
         self.foreign = 0
 
     def _owned(self) -> set[Any]:
-        return {tp for tp in self._assignment() if tp[0] == self._topic}
+        return {tp for tp in self._assignment() if tp[0] in self._topics}
 
     async def _start(self, tps: set[Any]) -> None:
         for tp in tps:
@@ -208,7 +208,7 @@ class OffsetGuard:
         async def capped(offsets: Any) -> bool:
             allowed: dict[Any, int] = {}
             for tp, offset in offsets.items():
-                if tp.topic != self._topic:
+                if tp.topic not in self._topics:
                     allowed[tp] = offset
                     continue
                 limit = self.ledger.cap(tp, offset)

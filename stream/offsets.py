@@ -34,11 +34,12 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, slots=True)
 class Record:
-    """One record of a partition: where it is, and its value."""
+    """One record of a partition: where it is, its value and its key."""
 
     tp: Hashable
     offset: int
     value: bytes
+    key: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)

@@ -72,6 +72,8 @@ from stream.replay_rules import EngineTrack, LevelArray, StepsTrack
 from stream.rules import (
     DEFAULT_RULES,
     AnomalyRule,
+    AnyRule,
+    AreaRule,
     LevelThresholds,
     Rule,
     Steps,
@@ -113,7 +115,7 @@ class ReplayOptions:
     column is the kind's main metric, depth_cm for water_level)."""
 
     kind: str = "generic"
-    rules: tuple[Rule, ...] | None = None
+    rules: tuple[AnyRule, ...] | None = None
     timestamp_column: str = "timestamp"
     value_columns: tuple[str, ...] = ("value",)
     metrics: tuple[str, ...] = ()
@@ -319,6 +321,9 @@ class _Plan:
         else:
             chosen = DEFAULT_RULES if options.rules is None else options.rules
             for rule in (r for r in chosen if r.kind is kind):
+                if isinstance(rule, AreaRule):
+                    skipped.append((rule.name, "it is an area rule, and a CSV is one node"))
+                    continue
                 why = _why_not(rule, metrics)
                 if why:
                     skipped.append((rule.name, why))

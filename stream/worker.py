@@ -6,6 +6,11 @@ are keyed by node id and have the same number of partitions, so a node's
 readings, its presence reports and its two tables (rule state, presence)
 all live on partition `murmur2(node) % partitions` and on one worker.
 
+Spatial rules re-key: a node warning a spatial rule counts is sent to the
+area-updates topic keyed by (rule, area), and the worker owning that key's
+partition counts it in the area's state (the third table, keyed the same
+way). One writer per area, whichever workers its nodes live on.
+
 The tables are written with `use_partitioner=True`: their changelog
 partition comes from the key through the same partitioner the gateway's
 producer uses, not from "the event being processed". That is what lets the
@@ -34,7 +39,9 @@ from faust.types import TP
 from cityvitals.clock import Clock
 from cityvitals.contract import Warning, encode
 from cityvitals.errors import CityvitalsError
+from cityvitals.registry import Registry
 from stream.agents import ReadingPipeline, ReadingSink
+from stream.areas import AreaEngine
 from stream.engine import RuleEngine
 from stream.kafka_offsets import OffsetGuard, PartitionReader
 from stream.presence import PresencePolicy
@@ -66,7 +73,7 @@ async def _seek_to_committed(self: AIOKafkaConsumer, *partitions: TopicPartition
 AIOKafkaConsumer.seek_to_committed = _seek_to_committed
 
 #: The worker's faust tables; their changelog topics are <app_id>-<name>-changelog.
-TABLES = ("node-rules", "node-presence")
+TABLES = ("node-rules", "node-presence", "area-state")
 
 
 def create_worker_app(
@@ -219,10 +226,12 @@ class StreamWorker:
         readings_topic: str,
         presence_topic: str,
         warnings_topic: str,
+        area_topic: str,
         partitions: int,
         sink: ReadingSink,
         presence: PresencePolicy | None = None,
         engine: RuleEngine | None = None,
+        registry: Registry | None = None,
         clock: Clock | None = None,
         offsets: PartitionReader,
         batch_size: int = 500,
@@ -230,8 +239,12 @@ class StreamWorker:
     ) -> None:
         self.app = app
         self.partitions = partitions
+        # The two topics whose agents keep state: what faust skips of either
+        # is read back, and neither is committed past what was handled.
         self.offsets = OffsetGuard(
-            offsets, topic=readings_topic, assignment=lambda: set(app.consumer.assignment())
+            offsets,
+            topics=(readings_topic, area_topic),
+            assignment=lambda: set(app.consumer.assignment()),
         )
         self._guarding = False
 
@@ -259,8 +272,11 @@ class StreamWorker:
         self.readings = topic(readings_topic)
         self.presence = topic(presence_topic)
         self.warnings = topic(warnings_topic)
+        self.area_updates = topic(area_topic)
         self.rule_table = table(TABLES[0])
         self.presence_table = table(TABLES[1])
+        self.area_table = table(TABLES[2])
+        engine = engine or RuleEngine()
         self.pipeline = ReadingPipeline(
             app,
             sink=sink,
@@ -270,6 +286,9 @@ class StreamWorker:
             presence_source=self.presence,
             state=NodeTable(self.rule_table),
             presence_state=NodeTable(self.presence_table),
+            areas=AreaEngine(engine.area_rules, registry=registry),
+            area_source=self.area_updates,
+            area_state=NodeTable(self.area_table),
             presence=presence,
             clock=clock,
             batch_size=batch_size,

@@ -69,16 +69,23 @@ async def prepare_kafka(settings: Settings) -> None:
     changelogs = [f"{settings.stream.app_id}-{t}-changelog" for t in TABLES]
     await ensure_topics(
         k.bootstrap_servers,
-        [k.readings_topic, k.presence_topic, k.warnings_topic, k.dead_letter_topic, *changelogs],
+        [
+            k.readings_topic,
+            k.presence_topic,
+            k.area_topic,
+            k.warnings_topic,
+            k.dead_letter_topic,
+            *changelogs,
+        ],
         partitions=k.partitions,
         replication=k.replication,
-        copartitioned=[k.readings_topic, k.presence_topic, *changelogs],
+        copartitioned=[k.readings_topic, k.presence_topic, k.area_topic, *changelogs],
         compacted=changelogs,
     )
     await seed_offsets(
         k.bootstrap_servers,
         settings.stream.app_id,
-        [k.readings_topic, k.presence_topic],
+        [k.readings_topic, k.presence_topic, k.area_topic],
         k.partitions,
     )
 
@@ -154,6 +161,10 @@ class StreamRole:
     ) -> None:
         s, k, p = settings.stream, settings.kafka, settings.presence
         self._recovery_stall_s = recovery_stall_s
+        engine = engine_for(settings)
+        # Spatial rules count an area's registered nodes (for `fraction`) and
+        # place the area from them; node rules need no registry here.
+        registry = Registry.load(settings.registry_path) if engine.area_rules else None
         self.app = create_worker_app(
             s.app_id,
             k.bootstrap,
@@ -168,6 +179,7 @@ class StreamRole:
             readings_topic=k.readings_topic,
             presence_topic=k.presence_topic,
             warnings_topic=k.warnings_topic,
+            area_topic=k.area_topic,
             partitions=k.partitions,
             sink=sink,
             presence=PresencePolicy(
@@ -175,7 +187,8 @@ class StreamRole:
                 silent_after_by_kind={k.value: v for k, v in p.silent_after_by_kind.items()},
                 level=p.level,
             ),
-            engine=engine_for(settings),
+            engine=engine,
+            registry=registry,
             batch_size=s.batch_size,
             batch_within_s=s.batch_within_s,
             offsets=self._reader,

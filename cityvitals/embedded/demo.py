@@ -270,7 +270,7 @@ def _result(
     for w in warnings:
         if w.level > w.previous:
             raised[w.level] += 1
-        key = (w.node, w.rule)
+        key = (w.subject, w.rule)
         peak[key] = max(peak.get(key, Level.NONE), w.level)
     checks = tuple(
         IncidentCheck(e.node, e.rule, e.level, peak.get((e.node, e.rule), Level.NONE))

@@ -36,6 +36,7 @@ from gateway.bridge import Gateway
 from gateway.embedded_broker import EmbeddedBroker
 from stream.agents import ReadingPipeline, ReadingSink
 from stream.app import create_embedded_app
+from stream.areas import AreaEngine
 from stream.engine import RuleEngine
 from stream.sinks.tee import TeeSink
 
@@ -149,8 +150,13 @@ class EmbeddedPipeline:
         sink: ReadingSink = self.store
         if self._extra_sinks:
             sink = TeeSink(self.store, *self._extra_sinks)
+        engine = self._engine or RuleEngine()
         self.stream = ReadingPipeline(
-            app, sink=sink, on_warning=self._on_warning, engine=self._engine
+            app,
+            sink=sink,
+            on_warning=self._on_warning,
+            engine=engine,
+            areas=AreaEngine(engine.area_rules, registry=self.registry),
         )
         await app.start()
         # Without Kafka nothing resumes flow control for us: channels stay

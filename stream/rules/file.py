@@ -1,7 +1,7 @@
 """The early-warning rule file (TOML): declarative rules with selectors, checked whole.
 
 Each `[[rule]]` has a `name`, a `type` (threshold, rate, forecast, composite,
-anomaly), the sensor `kind` it watches and, optionally, `where`: a selector
+anomaly, area), the sensor `kind` it watches and, optionally, `where`: a selector
 over registry fields (district, street, grid, unit, node). Any mistake is one
 `ConfigError` naming the file, the rule (index and name) and the field, with
 what was expected. The built-in rules are `stream/rules/default.toml`; the
@@ -42,6 +42,7 @@ from cityvitals.kinds import KIND_METRICS, Kind
 from cityvitals.levels import WARNING_LEVELS, Level
 from cityvitals.tomlconfig import Schema, Section, lookup, read_toml
 from stream.rules.anomaly import DETECTOR_SETS, AnomalyRule
+from stream.rules.area import AnyRule, AreaRule
 from stream.rules.base import Rule, Selector
 from stream.rules.composite import CompositeRule, Condition
 from stream.rules.forecast import ForecastRule
@@ -167,8 +168,19 @@ class AnomalySpec(_RuleSpec, frozen=True, tag="anomaly"):
     where: WhereSpec = WhereSpec()
 
 
-RuleSpec = ThresholdSpec | RateSpec | ForecastSpec | CompositeSpec | AnomalySpec
-RULE_TYPES = ("threshold", "rate", "forecast", "composite", "anomaly")
+class AreaSpec(_RuleSpec, frozen=True, tag="area"):
+    #: Names of the node rules (of this kind, in this file) whose levels count.
+    of: list[str]
+    by: Literal["grid", "street", "district"]
+    nodes: Annotated[int, msgspec.Meta(ge=1, le=100_000)]
+    at_least: LevelName = "blue"
+    fraction: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.0
+    where: WhereSpec = WhereSpec()
+
+
+NodeRuleSpec = ThresholdSpec | RateSpec | ForecastSpec | CompositeSpec | AnomalySpec
+RuleSpec = NodeRuleSpec | AreaSpec
+RULE_TYPES = ("threshold", "rate", "forecast", "composite", "anomaly", "area")
 
 
 class RuleFile(Section, frozen=True):
@@ -179,19 +191,19 @@ class RuleFile(Section, frozen=True):
 _SCHEMA = Schema(RuleFile, describe="an early-warning rule file (rules.toml)")
 
 
-def load_rules(path: Path) -> tuple[Rule, ...]:
+def load_rules(path: Path) -> tuple[AnyRule, ...]:
     """Read and check the rule file at `path`; any mistake is one `ConfigError`."""
     return parse_rules(path, read_toml(path, _SCHEMA.describe))
 
 
-def default_rules() -> tuple[Rule, ...]:
+def default_rules() -> tuple[AnyRule, ...]:
     """The built-in rules (`stream/rules/default.toml`, shipped with the package)."""
     source = resources.files("stream.rules").joinpath("default.toml")
     with resources.as_file(source) as path:
         return load_rules(Path(path))
 
 
-def parse_rules(path: Path, data: dict[str, Any]) -> tuple[Rule, ...]:
+def parse_rules(path: Path, data: dict[str, Any]) -> tuple[AnyRule, ...]:
     """Check parsed TOML `data` from the file at `path` and build its rules."""
     entries = data.get("rule", [])
     if isinstance(entries, list):
@@ -213,7 +225,7 @@ def parse_rules(path: Path, data: dict[str, Any]) -> tuple[Rule, ...]:
         raise ConfigError(
             path, _key(data, int(match[1]), match[2]), exc.expected, found=exc.found
         ) from None
-    rules: list[Rule] = []
+    rules: list[AnyRule] = []
     seen: dict[str, int] = {}
     for i, item in enumerate(spec.rule):
         if not _NAME.fullmatch(item.name):
@@ -228,7 +240,11 @@ def parse_rules(path: Path, data: dict[str, Any]) -> tuple[Rule, ...]:
                 path, _key(data, i, "name"), f"a name not used before (rule[{seen[item.name]}])"
             )
         seen[item.name] = i
-        rules.append(_build(path, data, i, item))
+    for i, item in enumerate(spec.rule):
+        if isinstance(item, AreaSpec):
+            rules.append(_area(path, data, i, item, every=spec.rule, seen=seen))
+        else:
+            rules.append(_build(path, data, i, item))
     return tuple(rules)
 
 
@@ -267,7 +283,53 @@ def _levels(path: Path, data: dict[str, Any], i: int, levels: LevelsSpec) -> dic
     return by_level
 
 
-def _build(path: Path, data: dict[str, Any], i: int, item: RuleSpec) -> Rule:
+def _area(
+    path: Path,
+    data: dict[str, Any],
+    i: int,
+    item: AreaSpec,
+    *,
+    every: list[RuleSpec],
+    seen: dict[str, int],
+) -> AreaRule:
+    if not item.of:
+        raise ConfigError(path, _key(data, i, "of"), "at least one rule name")
+    for j, member in enumerate(item.of):
+        where = _key(data, i, f"of[{j}]")
+        index = seen.get(member)
+        if index is None:
+            names = ", ".join(r.name for r in every if r.kind is item.kind and r is not item)
+            raise ConfigError(
+                path,
+                where,
+                f"the name of a {item.kind.value} rule in this file ({names})",
+                found=member,
+            )
+        other = every[index]
+        if isinstance(other, AreaSpec):
+            raise ConfigError(
+                path,
+                where,
+                "a node rule (an area rule counts nodes, not other areas)",
+                found=member,
+            )
+        if other.kind is not item.kind:
+            raise ConfigError(
+                path, where, f"a {item.kind.value} rule, not {other.kind.value}", found=member
+            )
+    return AreaRule(
+        item.name,
+        item.kind,
+        members=tuple(item.of),
+        by=item.by,
+        at_least=Level.parse(item.at_least),
+        nodes=item.nodes,
+        fraction=item.fraction,
+        selector=item.where.selector(),
+    )
+
+
+def _build(path: Path, data: dict[str, Any], i: int, item: NodeRuleSpec) -> Rule:
     where = item.where.selector()
     if isinstance(item, ThresholdSpec):
         _metric(path, data, i, "metric", kind=item.kind, metric=item.metric)

@@ -10,7 +10,11 @@ Three measurements (docs/influxdb.md has the whole schema and Flux queries):
   `kind`, `metric`, `district`, `street`, `grid`, `unit` and `level` (the
   label: none, blue, yellow, orange, red); fields `level_n`, `previous_n`,
   `seq` (integers), `value`, `threshold` and `predicted_crossing_ms` (when
-  set), `fingerprint` (string); the time is the warning's `ts_ms`.
+  set), `fingerprint` (string); the time is the warning's `ts_ms`. An area
+  warning (a spatial rule's) has no `node` tag but `area_scope` (grid,
+  street, district) and `area` (its name), and the fields `members` (the
+  counted nodes, comma-separated), `total` (the area's registered nodes),
+  `lat` and `lon` (their centroid); its `value` is the count.
 - `score`: one point per scored metric of a reading. Tags `node`, `kind`,
   `metric` and the placement; fields `anomaly_score` and `worst` (the name of
   the detector that scored highest); the time is the reading's.
@@ -189,6 +193,14 @@ def warning_line(warning: Warning) -> str:
         fields["predicted_crossing_ms"] = warning.predicted_crossing_ms
     fields["fingerprint"] = warning.fingerprint
     fields["seq"] = warning.seq
+    area = warning.area
+    if area is not None:
+        tags["area_scope"] = area.scope
+        tags["area"] = area.name
+        fields["members"] = ",".join(m.node for m in area.members)
+        fields["total"] = area.total
+        fields["lat"] = warning.placement.lat
+        fields["lon"] = warning.placement.lon
     return line(WARNING, tags, fields, warning.ts_ms)
 
 

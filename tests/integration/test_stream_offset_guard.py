@@ -60,7 +60,7 @@ async def test_skipped_records_are_read_back_in_place_and_the_tail_by_catch_up(
     await _commit(bootstrap, group, {TopicPartition(topic, 0): 5})
     owned = {(topic, 0), (topic, 1), ("other", 0)}
     async with PartitionReader([bootstrap], group, timeout_s=20) as reader:
-        guard = OffsetGuard(reader, topic=topic, assignment=lambda: owned)
+        guard = OffsetGuard(reader, topics=[topic], assignment=lambda: owned)
         # faust hands over: p0 from its committed offset with 7-11 skipped and 4 a
         # re-delivery; p1 from offset 3 (0-2 skipped); a record of a partition not ours.
         handed = [

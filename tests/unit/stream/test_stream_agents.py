@@ -217,3 +217,42 @@ async def test_anomaly_scores_reach_a_sink_that_keeps_them(tmp_path):
     ]
     assert all(0.0 <= score <= 1.0 for *_, score in sink.scores)
     assert sink.readings == [("wl-0001", s) for s in range(6)]
+
+
+async def test_three_flooding_gauges_of_a_district_raise_one_area_warning(tmp_path):
+    """Node warnings of the district rule's member go through the area channel to the area
+    agent, which raises one district warning (to the sink and on), and clears it when the
+    water goes down; a resent batch raises nothing twice."""
+    app = create_embedded_app(tmp_path)
+    sink = Sink()
+    emitted: list[Warning] = []
+
+    async def on_warning(w: Warning) -> None:
+        emitted.append(w)
+
+    pipeline = ReadingPipeline(app, sink=sink, on_warning=on_warning)
+    await app.start()
+    app.flow_control.resume()
+    nodes = ["wl-0001", "wl-0002", "wl-0003"]
+    depths = [1, 25, 26, 27, 28, 5, 5, 5]
+    try:
+        for seq, depth in enumerate(depths):
+            for node in nodes:
+                await pipeline.send(node.encode(), envelope(seq, depth, node=node))
+        await asyncio.wait_for(pipeline.wait_processed(len(nodes) * len(depths)), 10)
+        # A gateway resend of the whole story: every reading is a duplicate.
+        for seq, depth in enumerate(depths):
+            await pipeline.send(b"wl-0001", envelope(seq, depth, node="wl-0001"))
+        await asyncio.wait_for(pipeline.wait_processed((len(nodes) + 1) * len(depths)), 10)
+    finally:
+        await app.stop()
+    areas = [w for w in emitted if w.area is not None]
+    assert [(w.rule, w.subject, w.level) for w in areas] == [
+        ("water_level.district_flooding", "district:Harbour", Level.YELLOW),
+        ("water_level.district_flooding", "district:Harbour", Level.NONE),
+    ]
+    assert [m.node for m in areas[0].area.members] == nodes
+    assert [w for w in sink.warnings if w.area is not None] == areas
+    # Three nodes, each raised and cleared: six node warnings went to the area agent.
+    assert (pipeline.area_updates, pipeline.area_updates_done) == (6, 6)
+    assert len(pipeline.area_state) == 1

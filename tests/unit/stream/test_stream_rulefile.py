@@ -15,6 +15,7 @@ from cityvitals.levels import Level
 from stream.rules import (
     DEFAULT_RULES,
     AnomalyRule,
+    AreaRule,
     CompositeRule,
     ForecastRule,
     RateRule,
@@ -145,6 +146,76 @@ all = [ { metric = "obscuration_pct_m", above = 2, below = 9 } ]
     )
 
 
+AREA = """
+[[rule]]
+name = "flood"
+type = "area"
+kind = "water_level"
+of = ["depth"]
+by = "street"
+nodes = 3
+at_least = "orange"
+fraction = 0.25
+where = { district = ["Harbour"] }
+"""
+
+
+def test_an_area_rule_counts_node_rules_of_its_kind(tmp_path):
+    _depth, flood = load(tmp_path, GOOD + AREA)
+    assert isinstance(flood, AreaRule)
+    assert (flood.members, flood.by, flood.nodes, flood.at_least, flood.fraction) == (
+        ("depth",),
+        "street",
+        3,
+        Level.ORANGE,
+        0.25,
+    )
+    assert flood.selector.district == frozenset({"Harbour"})
+    # Its member may come after it in the file.
+    assert [r.name for r in load(tmp_path.joinpath(), AREA + GOOD)] == ["flood", "depth"]
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (
+            ('of = ["depth"]', 'of = ["deep"]'),
+            'rule[1].of[0] (rule "flood"): expected the name '
+            "of a water_level rule in this file (depth), found 'deep'",
+        ),
+        (('of = ["depth"]', "of = []"), 'rule[1].of (rule "flood"): expected at least one rule'),
+        (
+            ('of = ["depth"]', 'of = ["flood"]'),
+            'rule[1].of[0] (rule "flood"): expected a node '
+            "rule (an area rule counts nodes, not other areas), found 'flood'",
+        ),
+        (('by = "street"', 'by = "city"'), 'rule[1].by (rule "flood"): expected one of'),
+        (("nodes = 3", "nodes = 0"), 'rule[1].nodes (rule "flood"): expected'),
+        (("fraction = 0.25", "fraction = 1.5"), 'rule[1].fraction (rule "flood"): expected'),
+        (('at_least = "orange"', 'at_least = "none"'), 'rule[1].at_least (rule "flood"): expected'),
+        (
+            ("nodes = 3", ""),
+            'rule[1].nodes (rule "flood"): expected a value (this key is required)',
+        ),
+    ],
+)
+def test_area_rule_mistakes_name_the_field(tmp_path, change, expected):
+    message = error(tmp_path, GOOD + AREA.replace(*change))
+    assert message.startswith(expected), message
+
+
+def test_an_area_rule_over_another_kind_is_refused(tmp_path):
+    smoke = (
+        GOOD.replace('name = "depth"', 'name = "smoke"')
+        .replace("water_level", "smoke")
+        .replace("depth_cm", "obscuration_pct_m")
+    )
+    message = error(tmp_path, smoke + AREA.replace('of = ["depth"]', 'of = ["smoke"]'))
+    assert message == (
+        "rule[1].of[0] (rule \"flood\"): expected a water_level rule, not smoke, found 'smoke'"
+    )
+
+
 def test_broken_toml_and_a_missing_file_are_config_errors(tmp_path):
     assert error(tmp_path, "[[rule]\nname=").startswith("(syntax): expected valid TOML")
     with pytest.raises(ConfigError, match="does not exist"):
@@ -173,7 +244,7 @@ def test_the_built_in_rules_are_the_documented_thresholds():
 def test_the_annotated_example_loads_with_every_rule_type():
     rules = load_rules(REPO / "deploy" / "rules.toml")
     types = {type(r) for r in rules}
-    assert types == {ThresholdRule, RateRule, ForecastRule, CompositeRule, AnomalyRule}
+    assert types == {ThresholdRule, RateRule, ForecastRule, CompositeRule, AnomalyRule, AreaRule}
     assert any(not r.selector.everything for r in rules)
 
 
@@ -203,13 +274,30 @@ FIELD = st.sampled_from(
         "where",
         "per_minutes",
         "raise_after",
+        "of",
+        "by",
+        "nodes",
+        "at_least",
+        "fraction",
     ]
 )
 ENTRY = st.dictionaries(
     FIELD,
     VALUE
     | st.sampled_from(
-        ["threshold", "rate", "forecast", "composite", "water_level", "smoke", "depth_cm", "red"]
+        [
+            "threshold",
+            "rate",
+            "forecast",
+            "composite",
+            "area",
+            "water_level",
+            "smoke",
+            "depth_cm",
+            "red",
+            "street",
+            ["depth"],
+        ]
     ),
     max_size=8,
 )

@@ -1,0 +1,211 @@
+"""Area warnings: route node warnings to the spatial rules that count them, and raise
+one warning per area. Pure.
+
+The readings agent hands each node warning of a member rule to `routes`,
+which names the (rule, area) keys it counts for; the area agent, one per key
+(a Kafka partition keyed by it in the distributed mode), feeds it to
+`evaluate` with that key's state. One writer per area, so two nodes flooding
+at once can never open two area events.
+
+>>> from cityvitals.contract import CONTRACT_VERSION, Warning, fingerprint
+>>> from cityvitals.kinds import Kind
+>>> from cityvitals.levels import Level
+>>> from stream.rules.area import AreaRule
+>>> areas = AreaEngine([AreaRule("flood.street", Kind.WATER_LEVEL, ("depth",), "street",
+...                              nodes=2)])
+>>> def warned(node, level, ts_ms):
+...     where = Placement(district="Harbour", street="Dock Street", grid="HB-101",
+...                       unit="Drainage", lat=31.2, lon=121.5)
+...     return Warning(v=CONTRACT_VERSION, fingerprint=fingerprint(rule="depth", node=node),
+...                    rule="depth", node=node, kind=Kind.WATER_LEVEL, metric="depth_cm",
+...                    level=level, previous=Level.NONE, value=31.0, threshold=30.0,
+...                    unit="cm", ts_ms=ts_ms, seq=1, placement=where)
+>>> [key for key, _ in areas.routes(warned("wl-1", Level.ORANGE, 1))]
+['flood.street|street:Dock Street']
+>>> state = AreaState()
+>>> key = "flood.street|street:Dock Street"
+>>> areas.evaluate(key, warned("wl-1", Level.ORANGE, 1_000), state) is None
+True
+>>> w = areas.evaluate(key, warned("wl-2", Level.RED, 2_000), state)
+>>> w.level.label, w.subject, w.value, w.threshold, [m.node for m in w.area.members]
+('orange', 'street:Dock Street', 2.0, 2.0, ['wl-2', 'wl-1'])
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+
+import msgspec
+
+from cityvitals.contract import (
+    CONTRACT_VERSION,
+    Area,
+    AreaMember,
+    Placement,
+    Warning,
+    fingerprint,
+)
+from cityvitals.levels import Level
+from cityvitals.registry import Device, Registry
+from stream.rules.area import AreaRule, AreaState
+
+#: Separates a spatial rule's name from its area in a key; no rule name holds it.
+KEY_SEPARATOR = "|"
+
+
+def area_key(rule: AreaRule, area: str) -> str:
+    return f"{rule.name}{KEY_SEPARATOR}{rule.by}:{area}"
+
+
+class AreaEngine:
+    """The spatial rules of a deployment, with the registry's view of each area.
+
+    With a registry, each area's node count (for `fraction`) and placement
+    (the fields its nodes share, their centroid, the unit most of them
+    belong to) come from it; without one, from the member warnings seen.
+    """
+
+    def __init__(self, rules: Iterable[AreaRule], *, registry: Registry | None = None) -> None:
+        self.rules = tuple(rules)
+        self._by_name = {rule.name: rule for rule in self.rules}
+        self._by_member: dict[str, list[AreaRule]] = {}
+        for rule in self.rules:
+            for member in rule.members:
+                self._by_member.setdefault(member, []).append(rule)
+        self._totals: dict[str, int] = {}
+        self._places: dict[str, Placement] = {}
+        if registry is not None:
+            self._census(registry)
+
+    def __bool__(self) -> bool:
+        return bool(self.rules)
+
+    @property
+    def members(self) -> frozenset[str]:
+        """Names of the rules whose warnings some spatial rule counts."""
+        return frozenset(self._by_member)
+
+    def _census(self, registry: Registry) -> None:
+        for rule in self.rules:
+            groups: dict[str, list[Device]] = {}
+            for device in registry.by_kind(rule.kind):
+                if rule.selector.matches(device.node, device.placement):
+                    groups.setdefault(rule.area_of(device.placement), []).append(device)
+            for area, devices in groups.items():
+                key = area_key(rule, area)
+                self._totals[key] = len(devices)
+                self._places[key] = shared_placement([d.placement for d in devices])
+
+    def routes(self, warning: Warning) -> list[tuple[str, AreaRule]]:
+        """The (key, rule) of every spatial rule and area `warning` counts in."""
+        if warning.area is not None:
+            return []  # an area event never counts as a node of another area
+        out = []
+        for rule in self._by_member.get(warning.rule, ()):
+            if rule.kind is not warning.kind:
+                continue
+            if not rule.selector.everything and not rule.selector.matches(
+                warning.node, warning.placement
+            ):
+                continue
+            area = rule.area_of(warning.placement)
+            if area:
+                out.append((area_key(rule, area), rule))
+        return out
+
+    def evaluate(self, key: str, warning: Warning, state: AreaState) -> Warning | None:
+        """Count `warning` in the area `key`; the area's Warning if its level changed."""
+        rule = self._by_name.get(key.split(KEY_SEPARATOR, 1)[0])
+        if rule is None:
+            return None  # a rule removed from the file since the update was sent
+        total = self._totals.get(key, 0)
+        before = state.level
+        place = self._places.get(key)
+        if place is None:
+            # No registry: the area is what the nodes seen there share.
+            state.places[warning.node] = warning.placement
+            place = shared_placement(list(state.places.values()))
+        after = rule.step(
+            state,
+            node=warning.node,
+            rule=warning.rule,
+            level=warning.level,
+            value=warning.value,
+            ts_ms=warning.ts_ms,
+            seq=warning.seq,
+            total=total,
+        )
+        if after is None:
+            return None
+        shown = after if after > Level.NONE else before
+        members = sorted(
+            (
+                _member(state, node)
+                for node, level in rule.node_levels(state).items()
+                if level >= shown
+            ),
+            key=lambda m: (-m.level, m.node),
+        )
+        name = key.split(KEY_SEPARATOR, 1)[1].split(":", 1)[1]
+        area = Area(scope=rule.by, name=name, members=tuple(members), total=total)
+        return Warning(
+            v=CONTRACT_VERSION,
+            fingerprint=fingerprint(rule=rule.name, area=area.key),
+            rule=rule.name,
+            node="",
+            kind=rule.kind,
+            metric=rule.metric,
+            level=after,
+            previous=before,
+            value=float(len(members)),
+            threshold=float(rule.need(total)),
+            unit="nodes",
+            ts_ms=state.ts_ms,
+            seq=state.changes,
+            placement=place,
+            area=area,
+        )
+
+
+def _member(state: AreaState, node: str) -> AreaMember:
+    """A node as an area warning lists it: the mark of its strongest member rule."""
+    best = max(state.nodes[node].values(), key=lambda m: (m.level, m.ts_ms))
+    return AreaMember(node=node, level=best.level, value=best.value, ts_ms=best.ts_ms)
+
+
+def shared_placement(places: list[Placement]) -> Placement:
+    """What `places` have in common: equal fields kept, others empty; the unit most of
+    them belong to; their centroid.
+
+    >>> a = Placement(district="D", street="S1", grid="G1", unit="U", lat=1.0, lon=2.0)
+    >>> b = Placement(district="D", street="S2", grid="G2", unit="U", lat=3.0, lon=4.0)
+    >>> shared_placement([a, b])
+    Placement(district='D', street='', grid='', unit='U', lat=2.0, lon=3.0)
+    """
+
+    def common(values: list[str]) -> str:
+        return values[0] if len(set(values)) == 1 else ""
+
+    units = Counter(p.unit for p in places)
+    unit = min(units, key=lambda u: (-units[u], u))
+    return Placement(
+        district=common([p.district for p in places]),
+        street=common([p.street for p in places]),
+        grid=common([p.grid for p in places]),
+        unit=unit,
+        lat=round(sum(p.lat for p in places) / len(places), 6),
+        lon=round(sum(p.lon for p in places) / len(places), 6),
+    )
+
+
+_state_encoder = msgspec.msgpack.Encoder()
+_state_decoder = msgspec.msgpack.Decoder(AreaState)
+
+
+def encode_area_state(state: AreaState) -> bytes:
+    return _state_encoder.encode(state)
+
+
+def decode_area_state(data: bytes | None) -> AreaState:
+    return AreaState() if not data else _state_decoder.decode(data)
