@@ -223,6 +223,10 @@ class Area(_Strict, frozen=True):
     name: str
     members: tuple[AreaMember, ...]
     total: int = 0
+    #: The reading time the area's level was judged at. The warning's `ts_ms` is
+    #: the newest reading time seen there, which is later when readings arrived
+    #: out of order (edge buffers flushed after an outage).
+    at_ms: int = 0
 
     @property
     def key(self) -> str:
@@ -240,8 +244,9 @@ class Warning(_Strict, frozen=True):
     An area warning (a spatial rule: k of n nodes of a grid, street or
     district) has `area` set and `node` empty; its `value` is how many nodes
     reached the level, `threshold` how many it needs, `seq` counts the area's
-    changes, and `placement` is what its members share (the rest empty; the
-    map position is their centroid).
+    changes (so a later change always has a higher one), and `placement` is
+    what its members share (the rest empty; the map position is their
+    centroid).
     """
 
     v: Literal[1]

@@ -404,9 +404,7 @@ class ReadingPipeline:
                 state = states.get(key)
                 if state is None:
                     state = states[key] = decode_area_state(self.area_state.get(key))
-                changed = self.areas.evaluate(key, warning, state)
-                if changed is not None:
-                    raised.append(changed)
+                raised += self.areas.evaluate(key, warning, state)
             except Exception as exc:
                 self.errors += 1
                 self._failed(exc)

@@ -24,9 +24,9 @@ at once can never open two area events.
 ['flood.street|street:Dock Street']
 >>> state = AreaState()
 >>> key = "flood.street|street:Dock Street"
->>> areas.evaluate(key, warned("wl-1", Level.ORANGE, 1_000), state) is None
-True
->>> w = areas.evaluate(key, warned("wl-2", Level.RED, 2_000), state)
+>>> areas.evaluate(key, warned("wl-1", Level.ORANGE, 1_000), state)
+[]
+>>> [w] = areas.evaluate(key, warned("wl-2", Level.RED, 2_000), state)
 >>> w.level.label, w.subject, w.value, w.threshold, [m.node for m in w.area.members]
 ('orange', 'street:Dock Street', 2.0, 2.0, ['wl-2', 'wl-1'])
 """
@@ -48,7 +48,7 @@ from cityvitals.contract import (
 )
 from cityvitals.levels import Level
 from cityvitals.registry import Device, Registry
-from stream.rules.area import AreaRule, AreaState
+from stream.rules.area import AreaChange, AreaRule, AreaState
 
 #: Separates a spatial rule's name from its area in a key; no rule name holds it.
 KEY_SEPARATOR = "|"
@@ -114,19 +114,18 @@ class AreaEngine:
                 out.append((area_key(rule, area), rule))
         return out
 
-    def evaluate(self, key: str, warning: Warning, state: AreaState) -> Warning | None:
-        """Count `warning` in the area `key`; the area's Warning if its level changed."""
+    def evaluate(self, key: str, warning: Warning, state: AreaState) -> list[Warning]:
+        """Count `warning` in the area `key`; an area Warning for each level change."""
         rule = self._by_name.get(key.split(KEY_SEPARATOR, 1)[0])
         if rule is None:
-            return None  # a rule removed from the file since the update was sent
+            return []  # a rule removed from the file since the update was sent
         total = self._totals.get(key, 0)
-        before = state.level
         place = self._places.get(key)
         if place is None:
             # No registry: the area is what the nodes seen there share.
             state.places[warning.node] = warning.placement
             place = shared_placement(list(state.places.values()))
-        after = rule.step(
+        changes = rule.step(
             state,
             node=warning.node,
             rule=warning.rule,
@@ -136,19 +135,37 @@ class AreaEngine:
             seq=warning.seq,
             total=total,
         )
-        if after is None:
-            return None
-        shown = after if after > Level.NONE else before
+        name = key.split(KEY_SEPARATOR, 1)[1].split(":", 1)[1]
+        first_seq = state.changes - len(changes) + 1
+        return [
+            self._warning(rule, change, state, name=name, total=total, place=place, seq=seq)
+            for seq, change in enumerate(changes, start=first_seq)
+        ]
+
+    @staticmethod
+    def _warning(
+        rule: AreaRule,
+        change: AreaChange,
+        state: AreaState,
+        *,
+        name: str,
+        total: int,
+        place: Placement,
+        seq: int,
+    ) -> Warning:
+        # A clear lists the nodes still at the level it left.
+        shown = change.level if change.level > Level.NONE else change.previous
         members = sorted(
             (
-                _member(state, node)
-                for node, level in rule.node_levels(state).items()
-                if level >= shown
+                AreaMember(node=node, level=m.level, value=m.value, ts_ms=m.ts_ms)
+                for node, m in rule.node_marks(state, change.at_ms).items()
+                if m.level >= shown
             ),
             key=lambda m: (-m.level, m.node),
         )
-        name = key.split(KEY_SEPARATOR, 1)[1].split(":", 1)[1]
-        area = Area(scope=rule.by, name=name, members=tuple(members), total=total)
+        area = Area(
+            scope=rule.by, name=name, members=tuple(members), total=total, at_ms=change.at_ms
+        )
         return Warning(
             v=CONTRACT_VERSION,
             fingerprint=fingerprint(rule=rule.name, area=area.key),
@@ -156,22 +173,16 @@ class AreaEngine:
             node="",
             kind=rule.kind,
             metric=rule.metric,
-            level=after,
-            previous=before,
+            level=change.level,
+            previous=change.previous,
             value=float(len(members)),
             threshold=float(rule.need(total)),
             unit="nodes",
             ts_ms=state.ts_ms,
-            seq=state.changes,
+            seq=seq,
             placement=place,
             area=area,
         )
-
-
-def _member(state: AreaState, node: str) -> AreaMember:
-    """A node as an area warning lists it: the mark of its strongest member rule."""
-    best = max(state.nodes[node].values(), key=lambda m: (m.level, m.ts_ms))
-    return AreaMember(node=node, level=best.level, value=best.value, ts_ms=best.ts_ms)
 
 
 def shared_placement(places: list[Placement]) -> Placement:

@@ -63,8 +63,9 @@ class Recorder:
 
 
 async def test_shortened_day_alerts_every_incident_and_loses_nothing(tmp_path):
-    """Every scripted incident produces an alert for the expected node and rule that reaches
-    the expected level, no other node alerts at all, and the store holds exactly every
+    """Every scripted incident produces an alert for the expected node (or area: the
+    rainstorm's district) and rule that reaches the expected level, no other node alerts
+    at all, and the store holds exactly every
     (node, seq) the city produced."""
     recorder = Recorder()
     result = await run_demo(options(tmp_path), notifiers=[recorder])
@@ -82,7 +83,7 @@ async def test_shortened_day_alerts_every_incident_and_loses_nothing(tmp_path):
     # The alerts themselves: peak level per (node, rule) over all notifications.
     peak: dict[tuple[str, str], Level] = {}
     for n in recorder.notifications:
-        key = (n.alert.node, n.alert.rule)
+        key = (n.alert.subject, n.alert.rule)
         peak[key] = max(peak.get(key, Level.NONE), n.alert.peak_level)
     assert peak == {(c.node, c.rule): c.expected for c in result.incidents}
     # Every alert opened was also resolved by the end of the day.
@@ -249,10 +250,11 @@ async def test_against_a_real_mosquitto(tmp_path, mosquitto):
 
 async def test_the_readme_demo_city_unpaced(tmp_path):
     """The demo exactly as the README runs it (240 nodes, 4 districts, seed 7), only unpaced:
-    all nine incident checks pass, nothing else alerts, all 34,560 readings are stored."""
+    all ten incident checks pass (nine nodes and the flooded district), nothing else
+    alerts, all 34,560 readings are stored."""
     result = await run_demo(DemoOptions(data_dir=tmp_path / "data", duration_s=0.0))
     assert result.ok
-    assert len(result.incidents) == 9
+    assert len(result.incidents) == 10
     assert all(check.ok for check in result.incidents)
     assert result.unexpected == ()
     assert result.published == result.stored == 240 * TICKS

@@ -75,5 +75,9 @@ def test_check_reads_the_rule_file_and_names_its_mistake(tmp_path):
 def test_rules_check_lists_what_a_file_would_run(tmp_path):
     result = CliRunner().invoke(main, ["rules", "check"])
     assert result.exit_code == 0, result.output
-    assert "built-in rules: 7 rules" in result.output
+    assert "built-in rules: 8 rules" in result.output
     assert "water_level.depth: threshold on water_level.depth_cm" in result.output
+    assert (
+        "water_level.district_flooding: area, at least 3 of a district's water_level nodes at "
+        "yellow or above by water_level.depth"
+    ) in result.output

@@ -16,6 +16,7 @@ from cityvitals.kinds import Kind
 from cityvitals.levels import Level
 from stream.engine import NodeState, RuleEngine, decode_state, encode_state
 from stream.rules import DEFAULT_RULES, AnomalyRule, RuleState, ThresholdRule, load_rules
+from stream.rules.area import AreaRule
 from stream.rules.file import RULE_TYPES
 from tests.factories import PLACE
 
@@ -207,9 +208,12 @@ def test_the_rule_itself_refuses_what_the_file_would():
 
 
 def test_the_built_in_rules_have_no_anomaly_rule():
-    """default.toml is unchanged: thresholds only, no anomaly rules by default."""
+    """default.toml's node rules are thresholds only, no anomaly rules by default (its one
+    other rule counts the depth rule's levels over a district)."""
     assert DEFAULT_RULES
-    assert all(isinstance(rule, ThresholdRule) for rule in DEFAULT_RULES)
+    node_rules = [rule for rule in DEFAULT_RULES if not isinstance(rule, AreaRule)]
+    assert node_rules
+    assert all(isinstance(rule, ThresholdRule) for rule in node_rules)
 
 
 # -- behaviour -----------------------------------------------------------------

@@ -15,6 +15,7 @@ from cityvitals.levels import Level
 from cityvitals.registry import Device, Registry
 from stream.areas import AreaEngine, area_key, decode_area_state, encode_area_state
 from stream.rules import AreaRule, AreaState, Selector
+from stream.rules.area import HISTORY_CHANGES, HISTORY_MS
 from tests.factories import make_warning
 
 T0 = 1_764_028_800_000
@@ -61,9 +62,7 @@ def feed(engine: AreaEngine, state: AreaState, *warnings: Warning) -> list[Warni
     out = []
     for w in warnings:
         for key, _ in engine.routes(w):
-            changed = engine.evaluate(key, w, state)
-            if changed is not None:
-                out.append(changed)
+            out += engine.evaluate(key, w, state)
     return out
 
 
@@ -268,23 +267,33 @@ def test_without_a_registry_the_area_is_placed_where_its_nodes_are():
     assert out[0].area.total == 0
 
 
-def test_the_state_round_trips_and_stays_as_big_as_the_area():
+def test_the_state_round_trips_and_stays_bounded_by_the_area_not_by_time():
+    """A node's timeline keeps at most HISTORY_CHANGES changes and only those of the last
+    HISTORY_MS (and always its latest), so the state is bounded by the area's size."""
     engine = AreaEngine([RULE])
     state = AreaState()
     rng = random.Random(3)
-    for ts in range(2_000):
+    for i in range(2_000):
         node = f"wl-{rng.randrange(10)}"
-        feed(engine, state, node_warning(node, rng.choice(list(Level)), T0 + ts))
+        feed(engine, state, node_warning(node, rng.choice(list(Level)), T0 + i * 60_000))
         state = decode_area_state(encode_area_state(state))
     assert len(state.nodes) == 10
-    assert len(encode_area_state(state)) < 2_000
+    marks = [m for by_rule in state.nodes.values() for ms in by_rule.values() for m in ms]
+    assert all(len(ms) <= HISTORY_CHANGES for r in state.nodes.values() for ms in r.values())
+    assert len(encode_area_state(state)) < 10 * HISTORY_CHANGES * 40 + 1_000
+    # A day later, the next change of each node leaves it that change and the one in
+    # force when the day's window began.
+    feed(engine, state, node_warning("wl-0", Level.NONE, state.ts_ms + HISTORY_MS + 1))
+    feed(engine, state, *(node_warning(f"wl-{i}", Level.NONE, state.ts_ms) for i in range(1, 10)))
+    assert [len(ms) for r in state.nodes.values() for ms in r.values()] == [2] * 10
+    assert marks
 
 
 def test_a_key_of_a_rule_no_longer_in_the_file_is_ignored():
     engine = AreaEngine([RULE])
     assert (
         engine.evaluate("gone|street:Dock Street", node_warning("wl-1", Level.RED, T0), AreaState())
-        is None
+        == []
     )
 
 
@@ -322,3 +331,27 @@ def test_any_delivery_order_with_repeats_ends_at_the_level_of_the_latest_warning
     stamps = [(w.ts_ms, w.seq) for w in out]
     assert stamps == sorted(stamps)
     assert len(set(stamps)) == len(stamps)
+
+
+def test_gauges_flushed_out_of_order_still_raise_the_area_once_at_its_reading_time():
+    """Edge agents flushing a backlog at different speeds: gauge 1's whole storm arrives
+    before gauges 2 and 3 send theirs. Judged in reading time, the three were at yellow or
+    above together from 14:00 to 16:00: one late raise (at 14:00), then the area as of the
+    newest reading (clear); the rest of the backlog reopens nothing."""
+    hour = 3_600_000
+    engine = AreaEngine([RULE])
+    state = AreaState()
+    one = [(Level.RED, 13), (Level.ORANGE, 15), (Level.NONE, 17)]
+    two = [(Level.YELLOW, 13.5), (Level.NONE, 16)]
+    three = [(Level.ORANGE, 14), (Level.YELLOW, 15.5), (Level.NONE, 16.5)]
+
+    def story(node: str, changes) -> list[Warning]:
+        return [node_warning(node, lv, T0 + round(h * hour)) for lv, h in changes]
+
+    out = feed(engine, state, *story("wl-1", one), *story("wl-2", two), *story("wl-3", three))
+    assert [(w.level, w.area.at_ms, w.ts_ms, w.seq) for w in out if w.area] == [
+        (Level.YELLOW, T0 + 14 * hour, T0 + 17 * hour, 1),
+        (Level.NONE, T0 + 17 * hour, T0 + 17 * hour, 2),
+    ]
+    assert [m.node for m in out[0].area.members] == ["wl-1", "wl-3", "wl-2"]
+    assert state.settled_ms == T0 + 17 * hour
