@@ -22,9 +22,13 @@ from aiokafka import AIOKafkaConsumer
 
 from cityvitals.citygen import generate_city
 from cityvitals.config import BrokerSettings
+from cityvitals.contract import decode_reading, decode_warning
 from cityvitals.kinds import Kind
 from cityvitals.registry import Registry
 from cityvitals.topics import telemetry_topic
+from stream.areas import AreaEngine
+from stream.engine import NodeState, RuleEngine
+from stream.rules import AreaState
 from tests.waiting import wait_until
 
 TS = 1_764_028_800_000
@@ -204,6 +208,24 @@ def storm_messages(nodes: list[str], per_node: int) -> list[tuple[str, bytes]]:
     ]
 
 
+def expected_areas(nodes: list[str], per_node: int) -> dict[tuple[str, str], tuple[int, int]]:
+    """(rule, area) -> (peak, last level) of the built-in area rules over `storm_messages`,
+    computed by the pure engines in reading-time order: what the pipeline must store."""
+    engine = RuleEngine()
+    areas = AreaEngine(engine.area_rules, registry=CITY)
+    states = {node: NodeState() for node in nodes}
+    area_states: dict[str, AreaState] = {}
+    out: dict[tuple[str, str], tuple[int, int]] = {}
+    for _, body in storm_messages(nodes, per_node):
+        r = decode_reading(body)
+        for w in engine.evaluate(r, CITY.placement(r.node), states[r.node]):
+            for key, _ in areas.routes(w):
+                for a in areas.evaluate(key, w, area_states.setdefault(key, AreaState())):
+                    k = (a.rule, a.subject)
+                    out[k] = (max(out.get(k, (0, 0))[0], int(a.level)), int(a.level))
+    return out
+
+
 class Store:
     """The stream workers' SQLite sink, read from the test's side."""
 
@@ -236,11 +258,24 @@ class Store:
         ]
 
     def warnings(self) -> set[tuple[str, int, int]]:
-        """Distinct (fingerprint, level, ts_ms): a re-emitted warning is the same warning."""
+        """Distinct (fingerprint, level, ts_ms) of node warnings: a re-emitted warning is
+        the same warning."""
         return {
             (str(f), int(lv), int(t))  # type: ignore[call-overload]
-            for f, lv, t in self._rows("SELECT fingerprint, level, ts_ms FROM warnings")
+            for f, lv, t in self._rows(
+                "SELECT fingerprint, level, ts_ms FROM warnings WHERE node != ''"
+            )
         }
+
+    def areas(self) -> dict[tuple[str, str], tuple[int, int]]:
+        """(rule, area) -> (peak level, last level) of the area warnings stored."""
+        out: dict[tuple[str, str], tuple[int, int]] = {}
+        for body in self._rows("SELECT body FROM warnings WHERE node = '' ORDER BY rowid"):
+            w = decode_warning(bytes(body[0]))  # type: ignore[arg-type]
+            key = (w.rule, w.subject)
+            peak = max(out.get(key, (0, 0))[0], int(w.level))
+            out[key] = (peak, int(w.level))
+        return out
 
 
 @dataclass
