@@ -36,8 +36,6 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 
-import msgspec
-
 from cityvitals.contract import (
     CONTRACT_VERSION,
     Area,
@@ -49,6 +47,7 @@ from cityvitals.contract import (
 from cityvitals.levels import Level
 from cityvitals.registry import Device, Registry
 from stream.rules.area import AreaChange, AreaRule, AreaState
+from stream.state import StateCodec
 
 #: Separates a spatial rule's name from its area in a key; no rule name holds it.
 KEY_SEPARATOR = "|"
@@ -210,13 +209,12 @@ def shared_placement(places: list[Placement]) -> Placement:
     )
 
 
-_state_encoder = msgspec.msgpack.Encoder()
-_state_decoder = msgspec.msgpack.Decoder(AreaState)
+_codec = StateCodec(AreaState)
 
 
 def encode_area_state(state: AreaState) -> bytes:
-    return _state_encoder.encode(state)
+    return _codec.encode(state)
 
 
 def decode_area_state(data: bytes | None) -> AreaState:
-    return AreaState() if not data else _state_decoder.decode(data)
+    return _codec.decode(data)

@@ -39,6 +39,7 @@ from stream.rules import (
     Rule,
     RuleState,
 )
+from stream.state import StateCodec
 
 EVIDENCE_READINGS = 5
 
@@ -85,16 +86,15 @@ def first_time(state: NodeState, seq: int) -> bool:
     return True
 
 
-_state_encoder = msgspec.msgpack.Encoder()
-_state_decoder = msgspec.msgpack.Decoder(NodeState)
+_codec = StateCodec(NodeState)
 
 
 def encode_state(state: NodeState) -> bytes:
-    return _state_encoder.encode(state)
+    return _codec.encode(state)
 
 
 def decode_state(data: bytes | None) -> NodeState:
-    return NodeState() if not data else _state_decoder.decode(data)
+    return _codec.decode(data)
 
 
 class MetricScore(NamedTuple):

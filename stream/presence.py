@@ -64,6 +64,7 @@ import msgspec
 from cityvitals.contract import CONTRACT_VERSION, Evidence, Placement, Warning, fingerprint
 from cityvitals.kinds import Kind
 from cityvitals.levels import WARNING_LEVELS, Level
+from stream.state import StateCodec
 
 State = Literal["unknown", "online", "offline", "silent"]
 
@@ -103,17 +104,16 @@ class Presence(msgspec.Struct, array_like=True, omit_defaults=True):
     agent: str = ""
 
 
-_encoder = msgspec.msgpack.Encoder()
-_decoder = msgspec.msgpack.Decoder(Presence)
+_codec = StateCodec(Presence)
 
 
 def encode_presence(p: Presence) -> bytes:
-    return _encoder.encode(p)
+    return _codec.encode(p)
 
 
 def decode_presence(data: bytes | None) -> Presence:
     """Decode stored presence; no bytes means a node not seen before."""
-    return Presence() if not data else _decoder.decode(data)
+    return _codec.decode(data)
 
 
 @dataclass(frozen=True, slots=True)
