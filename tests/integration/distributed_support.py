@@ -257,9 +257,16 @@ class Store:
             for r, n, lv in self._rows("SELECT rule, node, level FROM warnings ORDER BY rowid")
         ]
 
-    def warnings(self) -> set[tuple[str, int, int]]:
-        """Distinct (fingerprint, level, ts_ms) of node warnings: a re-emitted warning is
-        the same warning."""
+    def warnings(self) -> set[tuple[str, int, int, int]]:
+        """Distinct (fingerprint, level, ts_ms, seq) of every warning, node and area: a
+        re-emitted warning is the same warning."""
+        return {
+            (str(f), int(lv), int(t), int(q))  # type: ignore[call-overload]
+            for f, lv, t, q in self._rows("SELECT fingerprint, level, ts_ms, seq FROM warnings")
+        }
+
+    def node_warnings(self) -> set[tuple[str, int, int]]:
+        """Distinct (fingerprint, level, ts_ms) of node warnings."""
         return {
             (str(f), int(lv), int(t))  # type: ignore[call-overload]
             for f, lv, t in self._rows(

@@ -67,8 +67,9 @@ async def test_a_worker_killed_mid_stream_and_restarted_loses_nothing_and_pages_
             lambda: set(store.reading_keys()) >= expected, "every reading", deadline_s=120
         )
         assert worker.stop() == 0, worker.text()[-2000:]
-        # Every distinct warning change the workers stored is one notification (a warning
-        # re-emitted after the kill is the same change, and the alert book ignores it).
+        # Every distinct warning change the workers stored, node or district, is one
+        # notification (a warning re-emitted after the kill is the same change, and the
+        # alert book ignores it).
         await wait_until(
             lambda: len(hook.keys) >= len(store.warnings()), "notifications", deadline_s=60
         )

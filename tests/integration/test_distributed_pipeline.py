@@ -139,7 +139,9 @@ async def test_every_reading_arrives_exactly_once_and_two_workers_warn_like_one(
     keys = one.reading_keys()
     assert len(keys) == len(expected)
     assert set(keys) == expected
-    await wait_until(lambda: len(one.warnings()) >= 8 * 8, "warnings of one worker", deadline_s=60)
+    await wait_until(
+        lambda: len(one.node_warnings()) >= 8 * 8, "warnings of one worker", deadline_s=60
+    )
     flooded = expected_areas(NODES, 60)
     assert len(flooded) == 2, flooded  # the two districts with three of the eight gauges
     await _areas_stored(one, flooded, procs, "the district events of one worker")
@@ -149,12 +151,14 @@ async def test_every_reading_arrives_exactly_once_and_two_workers_warn_like_one(
     two, procs, _ = await _run_city(tmp_path / "two", mosquitto, kafka_server, workers=2)
     assert Counter(two.reading_keys()) == Counter(expected)
     await wait_until(
-        lambda: two.warnings() >= one.warnings(), "the same warnings from two", deadline_s=60
+        lambda: two.node_warnings() >= one.node_warnings(),
+        "the same warnings from two",
+        deadline_s=60,
     )
     await _areas_stored(two, flooded, procs, "the same district events from two")
     for p in procs:
         assert p.stop() == 0, p.text()[-2000:]
-    assert two.warnings() == one.warnings()
+    assert two.node_warnings() == one.node_warnings()
     # Both workers did part of the work: the partitions were split.
     shares = [p.text() for p in procs if "stream" in p.log.name]
     done = [int(t.split("stream worker stopped: ")[1].split()[0]) for t in shares]
