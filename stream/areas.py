@@ -72,6 +72,8 @@ class AreaEngine:
         for rule in self.rules:
             for member in rule.members:
                 self._by_member.setdefault(member, []).append(rule)
+        #: Names of the rules whose warnings some spatial rule counts.
+        self.members = frozenset(self._by_member)
         self._totals: dict[str, int] = {}
         self._places: dict[str, Placement] = {}
         if registry is not None:
@@ -79,11 +81,6 @@ class AreaEngine:
 
     def __bool__(self) -> bool:
         return bool(self.rules)
-
-    @property
-    def members(self) -> frozenset[str]:
-        """Names of the rules whose warnings some spatial rule counts."""
-        return frozenset(self._by_member)
 
     def _census(self, registry: Registry) -> None:
         for rule in self.rules:
@@ -123,7 +120,6 @@ class AreaEngine:
         if place is None:
             # No registry: the area is what the nodes seen there share.
             state.places[warning.node] = warning.placement
-            place = shared_placement(list(state.places.values()))
         changes = rule.step(
             state,
             node=warning.node,
@@ -134,6 +130,10 @@ class AreaEngine:
             seq=warning.seq,
             total=total,
         )
+        if not changes:
+            return []
+        if place is None:
+            place = shared_placement(list(state.places.values()))
         name = key.split(KEY_SEPARATOR, 1)[1].split(":", 1)[1]
         first_seq = state.changes - len(changes) + 1
         return [

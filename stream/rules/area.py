@@ -179,7 +179,7 @@ class AreaRule:
         it causes: none, one, or a late raise followed by the level of now."""
         marks = state.nodes.setdefault(node, {}).setdefault(rule, [])
         stamp = (ts_ms, seq)
-        at = bisect.bisect_left([(m.ts_ms, m.seq) for m in marks], stamp)
+        at = bisect.bisect_left(marks, stamp, key=lambda m: (m.ts_ms, m.seq))
         if at < len(marks) and (marks[at].ts_ms, marks[at].seq) == stamp:
             return []  # re-delivered
         marks.insert(at, NodeMark(level, value, ts_ms, seq))
