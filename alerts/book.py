@@ -152,7 +152,7 @@ class AlertBook:
 def _notify(event: Event, previous: Level, alert: Alert, ts_ms: int) -> Notification:
     return Notification(
         v=SCHEMA_VERSION,
-        id=notification_id(alert.fingerprint, event, alert.level, ts_ms),
+        id=notification_id(alert.fingerprint, event, alert.level, ts_ms, seq=alert.seq),
         event=event,
         previous=previous,
         alert=alert,

@@ -10,8 +10,8 @@ is exactly what a webhook receives, encoded with `cityvitals.contract.encode`:
     bumps ``v``.
 ``id``
     Idempotency key (16 hex chars), also sent as the ``Idempotency-Key``
-    header. Derived from the alert fingerprint, the event, the new level and
-    the warning's ``ts_ms``, so a retry or a replay of the same change carries
+    header. Derived from the alert fingerprint, the event, the new level, the
+    warning's ``ts_ms`` and its ``seq``, so a retry or a replay of the same change carries
     the same id and a receiver can drop the duplicate.
 ``event``
     ``"firing"`` (a new alert), ``"level_changed"`` (raised or lowered while
@@ -96,8 +96,14 @@ class Notification(msgspec.Struct, frozen=True, kw_only=True):
     ts_ms: int
 
 
-def notification_id(alert_fingerprint: str, event: Event, level: Level, ts_ms: int) -> str:
+def notification_id(
+    alert_fingerprint: str, event: Event, level: Level, ts_ms: int, *, seq: int = 0
+) -> str:
     """Idempotency key of one change: equal inputs, equal key; any input differs, key differs.
+
+    `seq` is the warning's: an area's changes can share a reading time (a late
+    raise and the lowering after it; a level reached again before a newer
+    reading), and its seq tells them apart.
 
     >>> a = notification_id("fp", "firing", Level.RED, 1_000)
     >>> a == notification_id("fp", "firing", Level.RED, 1_000)
@@ -106,7 +112,11 @@ def notification_id(alert_fingerprint: str, event: Event, level: Level, ts_ms: i
     False
     """
     return fingerprint(
-        fingerprint=alert_fingerprint, event=event, level=level.label, ts_ms=str(ts_ms)
+        fingerprint=alert_fingerprint,
+        event=event,
+        level=level.label,
+        ts_ms=str(ts_ms),
+        seq=str(seq),
     )
 
 

@@ -37,9 +37,10 @@ def test_notification_id_differs_per_event_level_time_and_fingerprint() -> None:
         notification_id("fp", "firing", Level.ORANGE, 1_000),
         notification_id("fp", "firing", Level.RED, 1_001),
         notification_id("fp2", "firing", Level.RED, 1_000),
+        notification_id("fp", "firing", Level.RED, 1_000, seq=1),
     }
     assert base not in variants
-    assert len(variants) == 5
+    assert len(variants) == 6
     assert len(base) == 16
     assert all(c in "0123456789abcdef" for c in base)
 
