@@ -1,9 +1,13 @@
 """The embedded store: everything the pipeline writes, in one SQLite file.
 
 The default sink when nothing else is installed. Its tables mirror the
-InfluxDB schema the production sink uses (one measurement per table, tags as
-indexed columns, fields as columns or a JSON object), so dashboards and
-tests can reason about both the same way.
+InfluxDB schema the production sink uses (docs/influxdb.md): `readings`,
+`warnings` and `scores` are the measurements `reading`, `warning` and
+`score`, with their tags and fields as columns (a reading's metrics as one
+JSON object), so a query, a dashboard or a test can read either sink the
+same way. `dead_letters` and `notifications` are the store's own. A file
+written by an older cityvitals is upgraded when it is opened
+(`SCHEMA_VERSION`).
 
 Writes are asynchronous and batched: callers put rows on a bounded queue
 (awaiting when it is full, so a slow disk slows the stream instead of losing
@@ -40,9 +44,11 @@ class StoreError(CityvitalsError):
     """The store cannot take more rows: its writer failed or it is closed."""
 
 
+#: `PRAGMA user_version` of the schema below. 1: the tables before scores and the
+#: warnings' InfluxDB fields; `_upgrade` brings such a file up to date on open.
+SCHEMA_VERSION = 2
+
 SCHEMA = """
-PRAGMA journal_mode = WAL;
-PRAGMA synchronous = NORMAL;
 CREATE TABLE IF NOT EXISTS readings (
     node TEXT NOT NULL, seq INTEGER NOT NULL, kind TEXT NOT NULL,
     ts_ms INTEGER NOT NULL, received_ms INTEGER NOT NULL,
@@ -58,9 +64,18 @@ CREATE TABLE IF NOT EXISTS warnings (
     level INTEGER NOT NULL, previous INTEGER NOT NULL, value REAL NOT NULL,
     threshold REAL, ts_ms INTEGER NOT NULL, seq INTEGER NOT NULL,
     district TEXT NOT NULL, street TEXT NOT NULL, grid TEXT NOT NULL,
-    body BLOB NOT NULL
+    body BLOB NOT NULL,
+    unit TEXT NOT NULL DEFAULT '', predicted_crossing_ms INTEGER,
+    area_scope TEXT NOT NULL DEFAULT '', area TEXT NOT NULL DEFAULT '',
+    members TEXT, total INTEGER, lat REAL, lon REAL
 );
 CREATE INDEX IF NOT EXISTS warnings_node ON warnings (node, ts_ms);
+CREATE TABLE IF NOT EXISTS scores (
+    node TEXT NOT NULL, metric TEXT NOT NULL, ts_ms INTEGER NOT NULL, kind TEXT NOT NULL,
+    district TEXT NOT NULL, street TEXT NOT NULL, grid TEXT NOT NULL, unit TEXT NOT NULL,
+    anomaly_score REAL NOT NULL, worst TEXT NOT NULL,
+    PRIMARY KEY (node, metric, ts_ms)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS dead_letters (
     id INTEGER PRIMARY KEY, received_ms INTEGER NOT NULL, source TEXT NOT NULL,
     topic TEXT NOT NULL, reason TEXT NOT NULL, detail TEXT NOT NULL,
@@ -74,11 +89,33 @@ CREATE TABLE IF NOT EXISTS notifications (
 );
 """
 
+#: Created after `_upgrade`: on a version-1 file the columns do not exist before it.
+AREA_INDEX = (
+    "CREATE INDEX IF NOT EXISTS warnings_area ON warnings (area_scope, area, ts_ms)"
+    " WHERE area != ''"
+)
+
+#: The warnings columns version 2 added, as `_upgrade` adds them to an older file.
+_WARNING_COLUMNS_V2 = (
+    ("unit", "TEXT NOT NULL DEFAULT ''"),
+    ("predicted_crossing_ms", "INTEGER"),
+    ("area_scope", "TEXT NOT NULL DEFAULT ''"),
+    ("area", "TEXT NOT NULL DEFAULT ''"),
+    ("members", "TEXT"),
+    ("total", "INTEGER"),
+    ("lat", "REAL"),
+    ("lon", "REAL"),
+)
+
 _INSERT = {
     "readings": "INSERT OR IGNORE INTO readings VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
     "warnings": "INSERT INTO warnings (fingerprint, rule, node, kind, metric, level, previous,"
-    " value, threshold, ts_ms, seq, district, street, grid, body)"
-    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+    " value, threshold, ts_ms, seq, district, street, grid, body, unit, predicted_crossing_ms,"
+    " area_scope, area, members, total, lat, lon)"
+    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+    # A second score of one (node, metric, time) replaces the first, as a second
+    # point of one series and time does in InfluxDB.
+    "scores": "INSERT OR REPLACE INTO scores VALUES (?,?,?,?,?,?,?,?,?,?)",
     "dead_letters": "INSERT INTO dead_letters (received_ms, source, topic, reason, detail,"
     " payload, payload_size) VALUES (?,?,?,?,?,?,?)",
     "notifications": "INSERT INTO notifications (notification_id, fingerprint, event, level,"
@@ -92,12 +129,40 @@ _fields_encoder = msgspec.json.Encoder()
 _FLUSH = "flush"
 
 
+def _warning_extras(warning: Warning) -> tuple[Any, ...]:
+    """The warnings columns after `body`: the placement's unit, the forecast, and for
+    an area warning its scope, name, members, total and centroid (as InfluxDB has them)."""
+    area = warning.area
+    if area is None:
+        return (
+            warning.placement.unit,
+            warning.predicted_crossing_ms,
+            "",
+            "",
+            None,
+            None,
+            None,
+            None,
+        )
+    return (
+        warning.placement.unit,
+        warning.predicted_crossing_ms,
+        area.scope,
+        area.name,
+        ",".join(m.node for m in area.members),
+        area.total,
+        warning.placement.lat,
+        warning.placement.lon,
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class StoreStats:
     readings: int
     warnings: int
     dead_letters: int
     notifications: int
+    scores: int
 
 
 class EmbeddedStore:
@@ -110,7 +175,7 @@ class EmbeddedStore:
     ...         await store.flush()
     ...         return store.stats()
     >>> asyncio.run(demo())
-    StoreStats(readings=0, warnings=0, dead_letters=0, notifications=0)
+    StoreStats(readings=0, warnings=0, dead_letters=0, notifications=0, scores=0)
     """
 
     def __init__(
@@ -154,8 +219,67 @@ class EmbeddedStore:
         # A generous busy timeout: in the distributed mode several stream
         # workers on one host may share the file, taking turns to commit.
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=60.0)
-        db.executescript(SCHEMA)
+        try:
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute("PRAGMA synchronous = NORMAL")
+            # One transaction, taken for writing up front: two workers opening an
+            # old file together must not both upgrade it.
+            db.executescript("BEGIN IMMEDIATE;" + SCHEMA)
+            try:
+                self._upgrade(db)
+                db.execute(AREA_INDEX)
+                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+        except BaseException:
+            db.close()
+            raise
         return db
+
+    def _upgrade(self, db: sqlite3.Connection) -> None:
+        """Bring a file written by an older cityvitals up to `SCHEMA_VERSION`: add the
+        warnings columns it lacks and fill them from each warning's stored body."""
+        (version,) = db.execute("PRAGMA user_version").fetchone()
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"store {self.path} has schema version {version}, newer than this "
+                f"cityvitals writes ({SCHEMA_VERSION}): upgrade cityvitals, or give it "
+                "another data directory"
+            )
+        have = {row[1] for row in db.execute("PRAGMA table_info(warnings)")}
+        missing = [(name, decl) for name, decl in _WARNING_COLUMNS_V2 if name not in have]
+        if not missing:
+            return
+        for name, decl in missing:
+            db.execute(f"ALTER TABLE warnings ADD COLUMN {name} {decl}")
+        filled = unreadable = 0
+        for row_id, body in db.execute("SELECT id, body FROM warnings").fetchall():
+            try:
+                warning = _warning_decoder.decode(body)
+            except msgspec.DecodeError:
+                unreadable += 1  # kept as it is: its body is still there to look at
+                continue
+            db.execute(
+                "UPDATE warnings SET unit = ?, predicted_crossing_ms = ?, area_scope = ?,"
+                " area = ?, members = ?, total = ?, lat = ?, lon = ? WHERE id = ?",
+                (*_warning_extras(warning), row_id),
+            )
+            filled += 1
+        log.info(
+            "store %s upgraded from schema %d to %d: added warnings columns %s, filled "
+            "for %d warnings from their bodies%s",
+            self.path,
+            version or 1,
+            SCHEMA_VERSION,
+            ", ".join(name for name, _ in missing),
+            filled,
+            f" ({unreadable} unreadable {'body' if unreadable == 1 else 'bodies'} left empty)"
+            if unreadable
+            else "",
+        )
 
     # -- writing ---------------------------------------------------------------
 
@@ -197,8 +321,27 @@ class EmbeddedStore:
             p.street,
             p.grid,
             body,
+            *_warning_extras(warning),
         )
         await self._put("warnings", row)
+
+    async def write_score(
+        self, reading: Reading, placement: Placement, metric: str, score: float, worst: str
+    ) -> None:
+        """Store one metric's anomaly score (InfluxDB's `score` point)."""
+        row = (
+            reading.node,
+            metric,
+            reading.ts_ms,
+            reading.kind.value,
+            placement.district,
+            placement.street,
+            placement.grid,
+            placement.unit,
+            score,
+            worst,
+        )
+        await self._put("scores", row)
 
     async def write_dead_letter(self, letter: DeadLetter) -> None:
         row = (
@@ -322,7 +465,7 @@ class EmbeddedStore:
     def stats(self) -> StoreStats:
         counts = [
             self._query(f"SELECT count(*) FROM {table}")[0][0]  # noqa: S608 - fixed names
-            for table in ("readings", "warnings", "dead_letters", "notifications")
+            for table in ("readings", "warnings", "dead_letters", "notifications", "scores")
         ]
         return StoreStats(*counts)
 
@@ -334,6 +477,11 @@ class EmbeddedStore:
             _warning_decoder.decode(body)
             for (body,) in self._query("SELECT body FROM warnings ORDER BY id")
         ]
+
+    def scores(self) -> dict[tuple[str, str, int], tuple[float, str]]:
+        """(node, metric, ts_ms) -> (anomaly_score, worst detector)."""
+        rows = self._query("SELECT node, metric, ts_ms, anomaly_score, worst FROM scores")
+        return {(r[0], r[1], r[2]): (r[3], r[4]) for r in rows}
 
     def dead_letters(self) -> list[DeadLetter]:
         rows = self._query(

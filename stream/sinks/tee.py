@@ -4,8 +4,7 @@
 
 Each call goes to every sink in the order given and returns once all of
 them returned; `flush()` flushes each in turn, so a flush of the tee is
-durable everywhere. A sink without `write_score` (the embedded store) is
-skipped for scores.
+durable everywhere. A sink without `write_score` is skipped for scores.
 
 Retries: when a sink fails, the stream retries the whole call, so the sinks
 before it see that call again. That is harmless for readings (the store

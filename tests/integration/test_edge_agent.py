@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sqlite3
@@ -69,13 +70,41 @@ async def test_ten_thousand_readings_survive_broker_restarts(
     print(f"duplicates after 3 broker restarts: {recorder.duplicates()}")
 
 
-def _agent_process(config: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(  # noqa: S603 - our own CLI
-        [sys.executable, "-m", "cityvitals.cli", "edge", "--config", str(config)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])},
-    )
+class _AgentProcess:
+    """`cityvitals edge` as a child process, its log in a file (a pipe nobody reads
+    while it runs could fill and block the agent's logging)."""
+
+    def __init__(self, config: Path, log: Path) -> None:
+        self.log = log
+        with log.open("ab") as out:
+            self.proc = subprocess.Popen(  # noqa: S603 - our own CLI
+                [sys.executable, "-m", "cityvitals.cli", "edge", "--config", str(config)],
+                stdout=subprocess.DEVNULL,
+                stderr=out,
+                env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])},
+            )
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+    def stop(self, timeout: float = 30) -> int:
+        """SIGTERM and wait. A stuck agent is asked where its tasks wait (SIGUSR1)
+        and killed, and the test fails with its log rather than leaking it."""
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.send_signal(signal.SIGUSR1)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(3)
+            self.kill()
+            raise AssertionError(
+                f"the agent did not stop within {timeout} s of SIGTERM:\n{self.text()[-20000:]}"
+            ) from None
 
 
 def _queue_state(db: Path) -> tuple[dict[str, int], dict[str, set[int]]]:
@@ -101,23 +130,19 @@ async def test_sigkill_mid_stream_and_restart_loses_nothing_from_the_queue(
     nodes = NODES[:2]
     path = write_config(tmp_path, mosquitto, nodes=nodes, limit=None, interval_s=0.001)
     async with Recorder(mosquitto) as recorder:
-        proc = _agent_process(path)
+        agent = _AgentProcess(path, tmp_path / "agent-1.log")
         try:
             await recorder.wait_for(lambda: recorder.unique() >= 2000)
         finally:
-            proc.send_signal(signal.SIGKILL)
-            await asyncio.to_thread(proc.wait)
-            proc.stderr.close()  # type: ignore[union-attr]
+            await asyncio.to_thread(agent.kill)
         killed_at = recorder.unique()
-        proc = _agent_process(path)
+        agent = _AgentProcess(path, tmp_path / "agent-2.log")
         try:
             await recorder.wait_for(lambda: recorder.unique() >= killed_at + 2000)
         finally:
-            proc.send_signal(signal.SIGTERM)
-            await asyncio.to_thread(proc.wait, 30)
-            stderr = proc.stderr.read().decode()  # type: ignore[union-attr]
-            proc.stderr.close()  # type: ignore[union-attr]
-        assert proc.returncode == 0, stderr
+            returncode = await asyncio.to_thread(agent.stop, 30)
+        stderr = agent.text()
+        assert returncode == 0, stderr
         next_seq, left = _queue_state(tmp_path / "data" / "pi-test.queue.db")
         await recorder.wait_for(
             lambda: all(
@@ -220,16 +245,14 @@ async def test_presence_birth_heartbeat_and_last_will(tmp_path: Path, mosquitto_
         tmp_path, mosquitto_server.url, nodes=NODES[:1], limit=None, interval_s=0.05
     )
     async with Recorder(mosquitto_server.url) as recorder:
-        proc = _agent_process(path)
+        agent = _AgentProcess(path, tmp_path / "agent.log")
         try:
             await recorder.wait_for(lambda: ("online", None) in recorder.agent_states)
             # Heartbeats repeat "online" with the queue's depth.
             await recorder.wait_for(lambda: len(recorder.agent_states) >= 3)
             assert all(isinstance(d, int) for d in recorder.agent_depths)
         finally:
-            proc.send_signal(signal.SIGKILL)
-            await asyncio.to_thread(proc.wait)
-            proc.stderr.close()  # type: ignore[union-attr]
+            await asyncio.to_thread(agent.kill)
         # No clean DISCONNECT: the broker sends the will after the keepalive runs out,
         # or at once when the TCP connection closes, as here.
         await recorder.wait_for(lambda: ("offline", "connection lost") in recorder.agent_states)
