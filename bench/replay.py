@@ -8,7 +8,10 @@ ISO 8601 (Z) timestamps, and replays it in-process with `stream.replay`:
 1. --kind generic (the generic scorer, 6 detectors; built-in score levels);
 2. --kind water_level with the built-in rules (water_level.depth);
 3. --kind water_level with the built-in rules plus an anomaly rule (array path);
-4. --kind water_level with a rate rule (the per-reading path), on --slow-rows rows.
+4. --kind water_level with the depth rule and the three trend rules: rate,
+   forecast and composite (their windows fitted per block, stream.replay_trends),
+   on the 10-minute series (4-point windows) and on the same values a minute
+   apart (16-point windows, the most a window holds).
 
 Each case runs --runs times, each in a fresh interpreter so that its peak RSS
 is its own; rows/s counts from the call to replay() to its return (imports
@@ -52,13 +55,32 @@ metric = "depth_cm"
 levels = { blue = 0.999, yellow = 0.9999, orange = 0.99999, red = 0.999999 }
 """
 
-RATE = """
+TRENDS = """
 [[rule]]
 name = "water_level.rise"
 type = "rate"
 kind = "water_level"
 metric = "depth_cm"
 levels = { yellow = 3, orange = 6 }
+
+[[rule]]
+name = "water_level.forecast"
+type = "forecast"
+kind = "water_level"
+metric = "depth_cm"
+threshold = 50
+within_minutes = 30
+level = "orange"
+
+[[rule]]
+name = "water_level.deep_and_rising"
+type = "composite"
+kind = "water_level"
+level = "red"
+all = [
+    { metric = "depth_cm", above = 30, band = 2 },
+    { metric = "depth_cm", rising_per_minute = 0.2 },
+]
 """
 
 CASES = {
@@ -67,7 +89,9 @@ CASES = {
     "water_level": {"kind": "water_level", "rules": None, "file": "epoch"},
     "water_level-iso": {"kind": "water_level", "rules": None, "file": "iso"},
     "water_level+anomaly": {"kind": "water_level", "rules": "rules", "file": "epoch"},
-    "water_level+rate": {"kind": "water_level", "rules": "rate", "file": "slow"},
+    "water_level+trends": {"kind": "water_level", "rules": "trends", "file": "epoch"},
+    # Readings every minute: each 30-minute trend window holds 16 points (120 pairs).
+    "water_level+trends-1min": {"kind": "water_level", "rules": "trends", "file": "minutely"},
 }
 
 
@@ -91,16 +115,17 @@ def write_csv(path: Path, stamps: list[str], values: np.ndarray) -> None:
         f.write("\n")
 
 
-def generate(folder: Path, rows: int, slow_rows: int) -> dict[str, Path]:
+def generate(folder: Path, rows: int) -> dict[str, Path]:
     values = depths(rows)
     times = T0_MS + np.arange(rows, dtype=np.int64) * STEP_MS
-    files = {"epoch": folder / "epoch.csv", "iso": folder / "iso.csv", "slow": folder / "slow.csv"}
+    files = {n: folder / f"{n}.csv" for n in ("epoch", "iso", "minutely")}
     write_csv(files["epoch"], [str(t) for t in times.tolist()], values)
     iso = (times.astype("datetime64[ms]").astype("datetime64[s]").astype(str)).tolist()
     write_csv(files["iso"], [t + "Z" for t in iso], values)
-    write_csv(files["slow"], [str(t) for t in times[:slow_rows].tolist()], values[:slow_rows])
+    minutes = T0_MS + np.arange(rows, dtype=np.int64) * 60_000
+    write_csv(files["minutely"], [str(t) for t in minutes.tolist()], values)
     (folder / "rules.toml").write_text(RULES)
-    (folder / "rate.toml").write_text(RULES.split("[[rule]]")[1].join(["[[rule]]", ""]) + RATE)
+    (folder / "trends.toml").write_text(RULES.split("[[rule]]")[1].join(["[[rule]]", ""]) + TRENDS)
     return files
 
 
@@ -142,7 +167,6 @@ def child(case: str, folder: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--slow-rows", type=int, default=100_000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
@@ -158,7 +182,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="replay-bench-") as tmp:
         folder = Path(tmp)
         started = time.perf_counter()
-        files = generate(folder, args.rows, args.slow_rows)
+        files = generate(folder, args.rows)
         sizes = ", ".join(f"{k} {p.stat().st_size / 2**20:.1f} MiB" for k, p in files.items())
         print(f"generated in {time.perf_counter() - started:.1f} s: {sizes}")
         for case in CASES:

@@ -360,20 +360,27 @@ class ReadingPipeline:
                 if not first_time(state, reading.seq):
                     self.duplicates += 1
                     continue
-                if scores is not None:
-                    scores.clear()
-                raised += self.engine.evaluate(reading, envelope.placement, state, scores=scores)
-                if scores:
-                    scored += ((reading, envelope.placement, score) for score in scores)
-                heard[node] = (reading, envelope.placement, envelope.received_ms)
-                self._watermark_ms = max(self._watermark_ms, envelope.received_ms)
-                fresh.append(heard[node])
             except Exception as exc:
                 # Bytes reach here only after the gateway validated them, so
                 # this is our bug, not bad input: log each new kind of
                 # failure with its traceback, count the repeats.
                 self.errors += 1
                 self._failed(exc)
+                continue
+            try:
+                if scores is not None:
+                    scores.clear()
+                raised += self.engine.evaluate(reading, envelope.placement, state, scores=scores)
+                if scores:
+                    scored += ((reading, envelope.placement, score) for score in scores)
+            except Exception as exc:
+                # A rule failing on a reading is our bug too; the reading itself is
+                # valid data, so it is stored all the same.
+                self.errors += 1
+                self._failed(exc)
+            heard[node] = (reading, envelope.placement, envelope.received_ms)
+            self._watermark_ms = max(self._watermark_ms, envelope.received_ms)
+            fresh.append(heard[node])
         for reading, placement, received_ms in fresh:
             await self._until_done(
                 partial(self._sink.write_reading, reading, placement, received_ms)

@@ -10,9 +10,11 @@ rules at that level. `docs/replay.md` has the format and the numbers.
 
 It is the live code run over arrays: the kind's `default_scorer` through
 `score_learn_many` (equal to the per-reading loop, docs/detectors.md), and
-threshold and anomaly rules through `stream.replay_rules`, which gives the
-levels `RuleEngine.evaluate` gives row by row. Rate, forecast and composite
-rules go through their own `evaluate`, a reading at a time.
+threshold and anomaly rules through `stream.replay_rules`, and rate,
+forecast and composite rules through `stream.replay_trends` (their Theil-Sen
+windows fitted for a whole block at once); both give the levels
+`RuleEngine.evaluate` gives row by row. Only a composite rule with two rising
+conditions on one metric goes through its own `evaluate`, a reading at a time.
 
 The file is read, scored and written in blocks (`stream.replay_csv`), so
 memory stays flat whatever its length; detector and rule states carry from
@@ -69,17 +71,23 @@ from stream.replay_csv import (
     read_header,
 )
 from stream.replay_rules import EngineTrack, LevelArray, StepsTrack
+from stream.replay_trends import CompositeTrack, ForecastTrack, RateTrack, TrendWindows
 from stream.rules import (
     DEFAULT_RULES,
     AnomalyRule,
     AnyRule,
     AreaRule,
+    CompositeRule,
+    ForecastRule,
     LevelThresholds,
+    RateRule,
     Rule,
     Steps,
     ThresholdRule,
     scorer_for,
 )
+
+TrendTrack = RateTrack | ForecastTrack | CompositeTrack
 
 __all__ = [
     "GENERIC_LEVELS",
@@ -278,9 +286,11 @@ class _Plan:
     wanted: list[int]
     outputs: list[_Source]
     tracks: list[_Track]
+    trends: list[TrendTrack]
     engine: EngineTrack | None
     rule_names: list[str]
     skipped: list[tuple[str, str]]
+    windows: TrendWindows = field(default_factory=TrendWindows)
     parse_ts: TimestampParser = field(default_factory=TimestampParser)
     last_ts: int | None = None
     carry: tuple[int, int] = (0, 0)  # the last row's (level, rules mask)
@@ -310,6 +320,7 @@ class _Plan:
         ]
         tracks: list[_Track] = []
         names: list[str] = []
+        trends: list[TrendTrack] = []
         slow: list[Rule] = []
         skipped: list[tuple[str, str]] = []
         if kind == "generic":
@@ -332,15 +343,18 @@ class _Plan:
                 if isinstance(rule, ThresholdRule | AnomalyRule):
                     tracks.append(_array_track(rule, column, source))
                     names.append(rule.name)
+                elif (trend := _trend_track(rule)) is not None:
+                    trends.append(trend)
                 else:
                     slow.append(rule)
+        names += [trend.name for trend in trends]
         names += [rule.name for rule in slow]
         if len(names) > _MASK_BITS:
             raise ValueError(
                 f"replay applies at most {_MASK_BITS} rules to one series, got {len(names)}"
             )
         engine = EngineTrack(kind, slow) if slow and isinstance(kind, Kind) else None
-        plan = cls(header, options, wanted, outputs, tracks, engine, names, skipped)
+        plan = cls(header, options, wanted, outputs, tracks, trends, engine, names, skipped)
         clash = set(plan.added_columns()) & set(header.names)
         if clash:
             raise ReplayError(
@@ -432,8 +446,10 @@ class _Plan:
                 values[track.column] if track.source is None else scored[id(track.source)].score
             )
             per_rule.append(track.steps.advance(numbers, ts))
+        metrics = dict(zip(self.options.metric_names, values, strict=True))
+        self.windows.block(metrics, ts)
+        per_rule += [trend.advance(metrics, ts, self.windows) for trend in self.trends]
         if self.engine is not None:
-            metrics = {self.options.metric_names[c]: values[c] for c in range(len(values))}
             per_rule += self.engine.advance(metrics, ts)
         if not per_rule:
             return np.zeros(len(ts), dtype=np.int8), np.zeros(len(ts), dtype=np.int64)
@@ -541,6 +557,17 @@ def _array_track(
     levels = LevelThresholds.of(rule.thresholds, what=rule.name)
     steps_ = Steps(rule.raise_after, rule.clear_after, rule.min_duration_s)
     return _Track(StepsTrack(rule.name, levels, rule.band, steps_), column, None)
+
+
+def _trend_track(rule: Rule) -> TrendTrack | None:
+    """The array path of a rate, forecast or composite rule; None: evaluate it per reading."""
+    if isinstance(rule, RateRule):
+        return RateTrack(rule)
+    if isinstance(rule, ForecastRule):
+        return ForecastTrack(rule)
+    if isinstance(rule, CompositeRule) and CompositeTrack.supports(rule):
+        return CompositeTrack(rule)
+    return None
 
 
 def _quoted(name: str) -> str:

@@ -6,10 +6,11 @@ computes every reading's `up` and `hold` levels at once (`np.searchsorted`
 on the thresholds, and on the thresholds less the band) and then runs the
 level machine over the two integer arrays in a plain loop (`run_steps`):
 the machine is sequential, but without objects, dict lookups or a Reading
-per row it costs about 60 ns a reading. The other rule types (rate,
-forecast, composite) keep windows of points per node, so `EngineTrack`
-feeds them a `Reading` per row through their own `evaluate`, as the engine
-does: correct, and some hundred times slower.
+per row it costs about 60 ns a reading. Rate, forecast and composite rules
+fit trends over windows of points (`stream.replay_trends`); `EngineTrack`
+feeds what has no array path (a composite rule with two rising conditions
+on one metric) a `Reading` per row through its own `evaluate`, as the
+engine does: correct, and some hundred times slower.
 
 >>> from cityvitals.levels import Level
 >>> track = StepsTrack("depth", LevelThresholds.of({Level.BLUE: 10, Level.RED: 50}, what="d"),

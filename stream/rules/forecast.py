@@ -23,6 +23,7 @@ rule has taken over by then: one problem, one page at a time).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from cityvitals.contract import Reading
@@ -76,7 +77,10 @@ class ForecastRule:
             return now
         if slope <= 0:
             return None
-        return now + int((self.threshold - at_last) / slope)
+        ahead = (self.threshold - at_last) / slope
+        # A slope too flat to divide by (subnormal) gives no crossing in any time
+        # that matters, and an infinite one cannot be a time at all.
+        return now + int(ahead) if math.isfinite(ahead) else None
 
     def evaluate(self, state: RuleState, reading: Reading) -> Outcome | None:
         value = reading.metrics.get(self.metric)

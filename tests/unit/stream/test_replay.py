@@ -26,6 +26,7 @@ from stream.rules import (
     AnomalyRule,
     CompositeRule,
     Condition,
+    ForecastRule,
     RateRule,
     RuleState,
     Selector,
@@ -229,7 +230,8 @@ def test_generic_levels_come_from_the_built_in_score_levels(tmp_path):
 
 def test_rules_that_cannot_apply_are_reported_and_slow_types_named(tmp_path):
     """A rule with a `where` selector, or on a metric no column is, is reported as skipped
-    with the reason; a rate rule runs through the per-reading path and is named as such."""
+    with the reason; a composite rule with two rising conditions on one metric runs
+    through the per-reading path and is named as such (a rate rule has an array path)."""
     rules = (
         ThresholdRule("depth", Kind.WATER_LEVEL, "depth_cm", {Level.RED: 50}),
         ThresholdRule(
@@ -241,11 +243,20 @@ def test_rules_that_cannot_apply_are_reported_and_slow_types_named(tmp_path):
         ),
         ThresholdRule("tilt", Kind.MANHOLE, "cover_tilt_deg", {Level.RED: 30}),
         RateRule("rise", Kind.WATER_LEVEL, "depth_cm", {Level.YELLOW: 3}),
+        CompositeRule(
+            "twice",
+            Kind.WATER_LEVEL,
+            Level.RED,
+            (
+                Condition("depth_cm", rising_per_minute=0.5),
+                Condition("depth_cm", rising_per_minute=1.0),
+            ),
+        ),
     )
     source = write(tmp_path / "in.csv", ["timestamp", "value"], [[T0_S + i, 1.0] for i in range(5)])
     summary, _ = run(tmp_path, source, kind="water_level", rules=rules)
-    assert summary.rules == ("depth", "rise")
-    assert summary.slow_rules == ("rise",)
+    assert summary.rules == ("depth", "rise", "twice")
+    assert summary.slow_rules == ("twice",)
     assert summary.skipped == (
         ("harbour", "it has a `where` selector, and replay has no registry placement"),
     )
@@ -332,27 +343,119 @@ SERIES = st.lists(
 )
 
 
+#: Random walks with drift: the rises and falls trend rules are for (SERIES is mostly noise).
+WALKS = st.lists(
+    st.tuples(
+        st.sampled_from([600_000, 300_000, 60_000, 60_000, 0, -300_000]),
+        st.floats(-1.5, 3.0).map(lambda v: round(v, 1)),
+    ),
+    min_size=1,
+    max_size=160,
+).map(
+    lambda steps: [
+        (step, round(min(max(depth, 0.0), 80.0), 1))
+        for (step, _), depth in zip(steps, np.cumsum([d for _, d in steps]).tolist(), strict=True)
+    ]
+)
+SPANS = st.sampled_from([10.0, 30.0, 120.0])
+STEPS_1_3 = st.integers(1, 3)
+
+
+@st.composite
+def rate_rules(draw, name: str) -> RateRule:
+    levels = sorted(draw(LEVEL_SETS))
+    rates = sorted(
+        draw(st.lists(st.floats(0.2, 20), min_size=len(levels), max_size=len(levels), unique=True))
+    )
+    return RateRule(
+        name,
+        Kind.WATER_LEVEL,
+        "depth_cm",
+        dict(zip(levels, rates, strict=True)),
+        per_minutes=draw(st.sampled_from([1.0, 10.0])),
+        span_minutes=draw(SPANS),
+        min_points=draw(st.integers(2, 6)),
+        band=draw(st.sampled_from([0.0, 0.5])),
+        raise_after=draw(STEPS_1_3),
+        clear_after=draw(STEPS_1_3),
+        min_duration_s=draw(st.sampled_from([0.0, 1200.0])),
+    )
+
+
+@st.composite
+def forecast_rules(draw, name: str) -> ForecastRule:
+    return ForecastRule(
+        name,
+        Kind.WATER_LEVEL,
+        "depth_cm",
+        threshold=draw(st.sampled_from([5.0, 25.0, 55.0, 79.0])),
+        within_minutes=draw(st.sampled_from([10.0, 30.0, 180.0])),
+        level=draw(st.sampled_from(list(Level)[1:])),
+        span_minutes=draw(SPANS),
+        min_points=draw(st.integers(2, 6)),
+        hold_factor=draw(st.sampled_from([1.0, 1.5, 4.0])),
+        raise_after=draw(STEPS_1_3),
+        clear_after=draw(STEPS_1_3),
+    )
+
+
+@st.composite
+def composite_rules(draw, name: str) -> CompositeRule:
+    conditions = [
+        Condition(
+            "depth_cm",
+            rising_per_minute=draw(st.sampled_from([0.01, 0.1, 0.5, 2.0])),
+            band=draw(st.sampled_from([0.0, 0.05])),
+        )
+    ]
+    bound = draw(st.sampled_from([None, "above", "below"]))
+    if bound is not None:
+        value = draw(st.sampled_from([3.0, 25.0, 55.0]))
+        band = draw(st.sampled_from([0.0, 2.0]))
+        condition = Condition("depth_cm", band=band, **{bound: value})
+        conditions.insert(draw(st.integers(0, 1)), condition)
+    return CompositeRule(
+        name,
+        Kind.WATER_LEVEL,
+        draw(st.sampled_from(list(Level)[1:])),
+        tuple(conditions),
+        span_minutes=draw(SPANS),
+        min_points=draw(st.integers(2, 6)),
+        raise_after=draw(STEPS_1_3),
+        clear_after=draw(STEPS_1_3),
+        min_duration_s=draw(st.sampled_from([0.0, 1200.0])),
+    )
+
+
+@st.composite
+def trend_rules(draw) -> list[RateRule | ForecastRule | CompositeRule]:
+    types = st.sampled_from([rate_rules, forecast_rules, composite_rules])
+    kinds = draw(st.lists(types, max_size=3))
+    return [draw(kind(f"trend{i}")) for i, kind in enumerate(kinds)]
+
+
 @settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(
-    series=SERIES,
+    series=st.one_of(SERIES, WALKS),
     threshold=threshold_rules("t"),
     anomaly=anomaly_rules("a"),
-    with_rate=st.booleans(),
+    trends=trend_rules(),
+    alone=st.booleans(),
     block_chars=st.sampled_from([20, 200, 4096]),
 )
 def test_replay_levels_are_the_engines_row_by_row(
-    tmp_path, *, series, threshold, anomaly, with_rate, block_chars
+    tmp_path, *, series, threshold, anomaly, trends, alone, block_chars
 ):
     """On random series (gaps, repeats, duplicate and backwards timestamps), with random
-    threshold and anomaly rules (and sometimes a rate rule on the slow path), in blocks
-    of any size, replay's level and rules at every row are what RuleEngine.evaluate gives."""
+    threshold, anomaly, rate, forecast and composite rules, in blocks of any size (the
+    trend windows carried across them), replay's level and rules at every row are what
+    RuleEngine.evaluate gives. (`alone`: the trend rules without the others, which
+    would often outrank them at the top.)"""
     times = (T0_S * 1000 + np.cumsum([step for step, _ in series])).tolist()
     depths = [depth for _, depth in series]
-    rules = [threshold, anomaly]
-    if with_rate:
-        rules.append(RateRule("r", Kind.WATER_LEVEL, "depth_cm", {Level.YELLOW: 3, Level.RED: 9}))
+    rules = [*trends] if alone and trends else [threshold, anomaly, *trends]
     source = write(
         tmp_path / "in.csv",
         ["timestamp", "value"],
@@ -364,6 +467,41 @@ def test_replay_levels_are_the_engines_row_by_row(
     )
     got = [(r["level"], set(filter(None, r["rules"].split(";")))) for r in read(out)]
     assert got == engine_rows(rules, depths, times)
+
+
+def test_trend_rules_over_a_long_series_agree_with_the_engine(tmp_path):
+    """20 000 rows of a drifting walk in one block (more rows than `replay_trends` fits at
+    once): the rate, forecast and composite rules' levels are the engine's at every row,
+    and each of them reaches a level somewhere."""
+    rng = np.random.default_rng(11)
+    steps = rng.choice([60_000, 300_000, 600_000, 0, -60_000], size=20_000)
+    times = (T0_S * 1000 + np.cumsum(steps)).tolist()
+    walk = np.cumsum(rng.normal(0.0, 1.0, size=20_000) + 0.3 * np.sin(np.arange(20_000) / 50))
+    depths = np.round(np.clip(walk - walk.min(), 0, 80), 1).tolist()
+    rules = [
+        RateRule("rise", Kind.WATER_LEVEL, "depth_cm", {Level.YELLOW: 3, Level.RED: 8}),
+        ForecastRule(
+            "soon", Kind.WATER_LEVEL, "depth_cm", threshold=60, within_minutes=60, level=Level.RED
+        ),
+        CompositeRule(
+            "deep_and_rising",
+            Kind.WATER_LEVEL,
+            Level.ORANGE,
+            (Condition("depth_cm", above=20, band=2), Condition("depth_cm", rising_per_minute=0.1)),
+        ),
+    ]
+    rows = [[t, d] for t, d in zip(times, depths, strict=True)]
+    source = write(tmp_path / "in.csv", ["timestamp", "value"], rows)
+    out = tmp_path / "out.csv"
+    summary = replay(
+        source, out, ReplayOptions(kind="water_level", rules=tuple(rules), block_chars=2**24)
+    )
+    assert summary.slow_rules == ()
+    got = [(r["level"], set(filter(None, r["rules"].split(";")))) for r in read(out)]
+    expected = engine_rows(rules, depths, times)
+    assert got == expected
+    for rule in rules:
+        assert any(rule.name in names for _, names in expected), rule.name
 
 
 @settings(max_examples=200, deadline=None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 
 import msgspec
 
@@ -11,7 +12,9 @@ from cityvitals.kinds import Kind
 from cityvitals.levels import Level
 from stream.agents import ReadingPipeline
 from stream.app import create_embedded_app
+from stream.engine import RuleEngine
 from stream.offsets import Record
+from stream.rules import EVERY_NODE, RuleState, Selector
 from tests.factories import PLACE
 from tests.waiting import wait_until
 
@@ -84,6 +87,45 @@ async def test_agent_stores_every_reading_and_emits_warnings_in_order(tmp_path):
     ]
     assert sink.warnings == emitted
     assert (pipeline.processed, pipeline.errors, pipeline.warnings) == (2 * len(depths), 1, 3)
+
+
+@dataclass(frozen=True)
+class FailingRule:
+    """A rule with a bug: it raises on deep water (as ForecastRule once overflowed on a
+    subnormal slope). It stands for any rule's bug, not for our code under test."""
+
+    name: str = "buggy"
+    kind: Kind = Kind.WATER_LEVEL
+    metric: str = "depth_cm"
+    selector: Selector = EVERY_NODE
+
+    def evaluate(self, state: RuleState, reading: Reading) -> None:
+        if reading.metrics["depth_cm"] > 50:
+            raise OverflowError("cannot convert float infinity to integer")
+
+
+async def test_a_rule_that_fails_on_a_reading_does_not_lose_the_reading(tmp_path):
+    """A rule raising on one reading is counted and logged as an error; the reading is
+    stored all the same, and the next readings are processed as usual."""
+    app = create_embedded_app(tmp_path)
+    sink = Sink()
+    pipeline = ReadingPipeline(
+        app, sink=sink, on_warning=_ignore, engine=RuleEngine([FailingRule()])
+    )
+    await app.start()
+    app.flow_control.resume()
+    try:
+        for seq, depth in enumerate([1.0, 55.0, 2.0]):
+            await pipeline.send(b"wl-0001", envelope(seq, depth))
+        await asyncio.wait_for(pipeline.wait_processed(3), 10)
+    finally:
+        await app.stop()
+    assert sorted(sink.readings) == [("wl-0001", 0), ("wl-0001", 1), ("wl-0001", 2)]
+    assert (pipeline.processed, pipeline.errors) == (3, 1)
+
+
+async def _ignore(_: Warning) -> None:
+    return None
 
 
 async def test_a_resent_reading_is_skipped_and_presence_reports_raise_and_clear(tmp_path):

@@ -116,6 +116,21 @@ def test_forecast_stays_quiet_when_the_trend_is_flat_or_falling():
     assert changes(rule, [water(m, 30.0) for m in range(60)]) == []
 
 
+def test_forecast_on_a_rise_too_slow_to_divide_by_predicts_no_crossing():
+    """Depths of a few 1e-310 cm (valid numbers, in range) make a subnormal slope: the
+    time to the threshold overflows to infinity, which is no crossing, not an error
+    (it used to raise OverflowError, and the stream kept no copy of that reading)."""
+    rule = ForecastRule(
+        "f", Kind.WATER_LEVEL, "depth_cm", threshold=50, within_minutes=60, level=Level.RED
+    )
+    readings = [water(m, m * 1e-310) for m in range(6)]
+    assert changes(rule, readings) == []
+    state = RuleState()
+    for r in readings:
+        rule.evaluate(state, r)
+    assert rule.crossing_ms(state) is None
+
+
 def test_forecast_lead_time_grows_with_the_horizon():
     """A longer horizon warns earlier on the same rise: the lead time is what it buys."""
 
