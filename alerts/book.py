@@ -7,6 +7,7 @@ yields the same alerts and the same notification ids.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterable
 
 from msgspec.structs import replace
 
@@ -94,6 +95,14 @@ class AlertBook:
         if warning.level == current.level:
             return None
         return _notify("level_changed", current.level, updated, warning.ts_ms)
+
+    def restore(self, opened: Iterable[Alert], resolved: Iterable[tuple[str, int, int]]) -> None:
+        """Start from a stored book (`alerts.store`): the open alerts, oldest first,
+        and the (fingerprint, ts_ms, seq) of the last warning of resolved ones."""
+        self._open = {alert.fingerprint: alert for alert in opened}
+        self._resolved = OrderedDict((fp, (ts_ms, seq)) for fp, ts_ms, seq in resolved)
+        while len(self._resolved) > self._remember_resolved:
+            self._resolved.popitem(last=False)
 
     def open_alerts(self) -> tuple[Alert, ...]:
         """The firing alerts, oldest first."""

@@ -9,13 +9,15 @@ type escape, so the caller needs to know only `DeliveryError`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from typing import Final, Protocol
 
 import aiohttp
 import yarl
 
 from alerts.model import Notification
+from alerts.signing import sign
 from cityvitals.contract import encode
 from cityvitals.errors import DeliveryError
 from cityvitals.levels import Level
@@ -127,6 +129,9 @@ def _retryable_status(status: int) -> bool:
 class WebhookNotifier:
     """POSTs the notification as JSON (schema v1, see `alerts.model`) to one URL.
 
+    With `secrets`, each request is signed (`alerts.signing`: HMAC-SHA256 over
+    the timestamp and the body); two secrets during a rotation sign twice.
+
     The session is the caller's: one `aiohttp.ClientSession` is meant to be
     shared by every webhook in a process and closed by whoever opened it.
     Redirects are not followed, because a redirected POST may turn into a GET
@@ -140,6 +145,8 @@ class WebhookNotifier:
         *,
         timeout: float = 10.0,
         name: str = "webhook",
+        secrets: Sequence[bytes] = (),
+        now_s: Callable[[], float] = time.time,
     ) -> None:
         parsed = yarl.URL(url)
         # Catch a mistyped URL at start-up, not at the first alert at 3 a.m.
@@ -147,21 +154,29 @@ class WebhookNotifier:
             raise ValueError(f"webhook {name!r}: {url!r} is not an http(s) URL")
         if timeout <= 0:
             raise ValueError(f"webhook {name!r}: timeout must be positive, got {timeout}")
+        if any(not secret for secret in secrets):
+            raise ValueError(f"webhook {name!r}: a signing secret must not be empty")
         self.name = name
         self.url = url
         self._session = session
         self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._secrets = tuple(secrets)
+        self._now_s = now_s
 
     async def send(self, n: Notification) -> None:
+        body = encode(n)
         headers = {
             "Content-Type": "application/json",
             "Idempotency-Key": n.id,
             "X-Cityvitals-Event": n.event,
         }
+        if self._secrets:
+            # Signed per attempt: a retry an hour later carries a fresh timestamp.
+            headers |= sign(self._secrets, body, now_s=int(self._now_s()))
         try:
             async with self._session.post(
                 self.url,
-                data=encode(n),
+                data=body,
                 headers=headers,
                 timeout=self._timeout,
                 allow_redirects=False,

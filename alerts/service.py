@@ -23,15 +23,18 @@ import asyncio
 import logging
 import random
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AsyncExitStack
 from types import TracebackType
-from typing import Final, Literal, Self
+from typing import Any, Final, Literal, Self
 
 import msgspec
 
 from alerts.book import AlertBook
 from alerts.model import Notification
 from alerts.notify import Notifier
+from alerts.store import AlertStore, AlertStoreError
 from cityvitals.clock import Clock
 from cityvitals.contract import Warning
 from cityvitals.errors import DeliveryError
@@ -50,13 +53,15 @@ _DEFAULT_GIVE_UP_AFTER: Final = 60.0
 class AlertStats(msgspec.Struct, frozen=True, kw_only=True):
     """Counters since start; `delivered`, `failed` and `undelivered` count (notification,
     receiver) pairs. `undelivered` is what is still queued or in progress in the lanes,
-    or was left there when the service stopped."""
+    or was left there when the service stopped (it stays owed in the store)."""
 
     warnings_received: int
     notifications: int
     delivered: int
     failed: int
     undelivered: int = 0
+    #: Notifications owed from before a restart (the outbox's pending rows), resumed.
+    resumed: int = 0
 
 
 class _Lane:
@@ -110,11 +115,15 @@ class AlertService:
         on_notification: OnNotification | None = None,
         on_delivery: OnDelivery | None = None,
         drain_timeout: float = _DEFAULT_DRAIN_TIMEOUT,
+        store: AlertStore | None = None,
+        fallback: str | None = None,
     ) -> None:
         names = [n.name for n in notifiers]
         if len(set(names)) != len(names):
             # Delivery reports are keyed by receiver name; duplicates would be ambiguous.
             raise ValueError(f"notifier names must be unique, got {names}")
+        if fallback is not None and fallback not in names:
+            raise ValueError(f"fallback receiver {fallback!r} is not one of {names}")
         if queue_size < 1 or attempts < 1:
             raise ValueError("queue_size and attempts must be at least 1")
         if base_delay < 0 or max_delay < base_delay:
@@ -122,6 +131,14 @@ class AlertService:
         if give_up_after <= 0:
             raise ValueError(f"give_up_after must be positive, got {give_up_after}")
         self._lanes = tuple(_Lane(n, queue_size) for n in notifiers)
+        self._by_name = {lane.name: lane for lane in self._lanes}
+        self._fallback = None if fallback is None else self._by_name[fallback]
+        #: Who gets every notification; the fallback gets only what another gave up on.
+        self._regular = tuple(lane for lane in self._lanes if lane is not self._fallback)
+        self._store = store
+        self._stack = AsyncExitStack()
+        self._resumed = 0
+        self._store_failing = False
         self._clock = clock
         self._attempts = attempts
         self._base_delay = base_delay
@@ -141,6 +158,9 @@ class AlertService:
         #: Set while nothing is queued or in progress anywhere; what `drain` waits for.
         self._idle = asyncio.Event()
         self._idle.set()
+        #: Set while every submitted warning is in the book (and recorded).
+        self._applied = asyncio.Event()
+        self._applied.set()
         self._workers: tuple[asyncio.Task[None], ...] | None = None
 
     @property
@@ -156,11 +176,24 @@ class AlertService:
             delivered=self._delivered,
             failed=self._failed,
             undelivered=sum(lane.pending for lane in self._lanes),
+            resumed=self._resumed,
         )
 
     async def __aenter__(self) -> Self:
         if self._workers is not None:
             raise RuntimeError("AlertService is already running")
+        if self._store is None:
+            # Nothing to survive a restart for: the book and outbox in memory.
+            self._store = await self._stack.enter_async_context(AlertStore(None))
+        state = await self._store.load()
+        self._book.restore(state.open, state.resolved)
+        if state.open:
+            log.info("alert book restored: %d open alerts", len(state.open))
+        # The owed notifications go out before any new one (the book worker
+        # resumes them first), so a receiver still sees each alert's in order.
+        self._unapplied += 1
+        self._idle.clear()
+        self._applied.clear()
         book = asyncio.create_task(self._run_book(), name="alerts-book")
         lanes = [
             asyncio.create_task(self._run_lane(lane), name=f"alerts-lane-{lane.name}")
@@ -193,6 +226,7 @@ class AlertService:
             # asyncio.wait, not await: it neither re-raises the workers'
             # cancellation nor swallows our own if we are being cancelled.
             await asyncio.wait(workers)
+            await self._stack.aclose()
         if not drained:
             left = {lane.name: lane.pending for lane in self._lanes}
             log.warning(
@@ -209,6 +243,7 @@ class AlertService:
         # Counted before the put so `drain` cannot see the service idle in between.
         self._unapplied += 1
         self._idle.clear()
+        self._applied.clear()
         try:
             await self._queue.put(warning)
         except BaseException:
@@ -230,12 +265,57 @@ class AlertService:
         await self._idle.wait()
 
     def _update_idle(self) -> None:
+        if self._unapplied == 0:
+            self._applied.set()
+        else:
+            self._applied.clear()
         if self._unapplied == 0 and not any(lane.pending for lane in self._lanes):
             self._idle.set()
         else:
             self._idle.clear()
 
+    async def recorded(self) -> None:
+        """Return once every warning submitted so far is in the book and its
+        notifications are owed in the store (delivered or not): what a consumer
+        may commit after."""
+        await self._applied.wait()
+
+    async def _resume(self) -> None:
+        """Queue what the store still owes from before a restart, oldest first."""
+        assert self._store is not None  # noqa: S101 - set in __aenter__
+        try:
+            owed = await self._store.pending()
+        except AlertStoreError:
+            log.exception("alert store unreadable: notifications owed from before are not resumed")
+            return
+        unknown: Counter[str] = Counter()
+        lanes: list[tuple[_Lane, Notification]] = []
+        for receiver, n in owed:
+            lane = self._by_name.get(receiver)
+            if lane is None:
+                unknown[receiver] += 1
+            else:
+                lane.pending += 1
+                lanes.append((lane, n))
+        if unknown:
+            log.warning(
+                "alert store owes notifications to receivers no longer configured, left "
+                "in the outbox: %s",
+                dict(unknown),
+            )
+        if lanes:
+            by_lane = Counter(lane.name for lane, _ in lanes)
+            log.info("resuming %d notifications owed from before: %s", len(lanes), dict(by_lane))
+        self._resumed = len(lanes)
+        for lane, n in lanes:
+            await lane.queue.put(n)
+
     async def _run_book(self) -> None:
+        try:
+            await self._resume()
+        finally:
+            self._unapplied -= 1
+            self._update_idle()
         while True:
             warning = await self._queue.get()
             try:
@@ -249,7 +329,14 @@ class AlertService:
                 self._update_idle()
 
     async def _process(self, warning: Warning) -> None:
+        before = self._book.get(warning.fingerprint)
         n = self._book.apply(warning)
+        after = self._book.get(warning.fingerprint)
+        alert = after if after is not None else (None if n is None else n.alert)
+        if alert is not None and (n is not None or after is not before):
+            await self._keep(
+                "record", self._store_record(alert, n), n.id if n else warning.fingerprint
+            )
         if n is None:
             return
         self._notifications += 1
@@ -261,10 +348,34 @@ class AlertService:
                 log.exception("on_notification hook failed for notification %s", n.id)
         # Every lane counts it before any put can block, so a stop while
         # waiting on a full lane still reports it undelivered everywhere.
-        for lane in self._lanes:
+        for lane in self._regular:
             lane.pending += 1
-        for lane in self._lanes:
+        for lane in self._regular:
             await lane.queue.put(n)  # waits while this receiver is a full queue behind
+
+    def _store_record(self, alert: Any, n: Notification | None) -> Awaitable[None]:
+        assert self._store is not None  # noqa: S101 - set in __aenter__
+        names = [lane.name for lane in self._regular]
+        return self._store.record(alert, n, names, now_ms=self._clock.now_ms())
+
+    async def _keep(self, what: str, write: Awaitable[None], about: str) -> None:
+        """Write to the store; a failure is logged (once, until it works again) and
+        delivery goes on: a page now matters more than the record of it."""
+        try:
+            await write
+        except AlertStoreError:
+            if not self._store_failing:
+                log.exception(
+                    "alert store failing (%s on %s); delivering without it, and a "
+                    "restart may resend what it did not record",
+                    what,
+                    about,
+                )
+            self._store_failing = True
+            return
+        if self._store_failing:
+            log.info("alert store writable again")
+            self._store_failing = False
 
     async def _run_lane(self, lane: _Lane) -> None:
         while True:
@@ -349,6 +460,8 @@ class AlertService:
     async def _succeeded(
         self, n: Notification, lane: _Lane, *, attempts: int, started: float
     ) -> None:
+        # Settled in the store first: a delivery counted is one a restart will not resend.
+        await self._settle(n, lane, "delivered", "", attempts)
         self._delivered += 1
         if lane.failing:
             log.info(
@@ -361,9 +474,20 @@ class AlertService:
         lane.failed_deliveries = lane.failed_attempts = 0
         await self._report(n, lane.name, "delivered", "", attempts=attempts, started=started)
 
+    async def _settle(
+        self, n: Notification, lane: _Lane, state: Literal["delivered", "dead"], detail: str,
+        attempts: int,
+    ) -> None:  # fmt: skip
+        assert self._store is not None  # noqa: S101 - set in __aenter__
+        write = self._store.settle(
+            n.id, lane.name, state, attempts=attempts, detail=detail, now_ms=self._clock.now_ms()
+        )
+        await self._keep(state, write, f"{n.id} to {lane.name}")
+
     async def _gave_up(
         self, n: Notification, lane: _Lane, detail: str, *, attempts: int, started: float
     ) -> None:
+        await self._settle(n, lane, "dead", detail, attempts)
         self._failed += 1
         lane.failed_deliveries += 1
         log.debug(
@@ -375,6 +499,14 @@ class AlertService:
             detail,
         )
         await self._report(n, lane.name, "failed", detail, attempts=attempts, started=started)
+        fallback = self._fallback
+        if fallback is not None and fallback is not lane:
+            # The fallback is owed it too (recorded first: a restart still owes it).
+            assert self._store is not None  # noqa: S101 - set in __aenter__
+            write = self._store.owe(n, fallback.name, now_ms=self._clock.now_ms())
+            await self._keep("fallback", write, f"{n.id} to {fallback.name}")
+            fallback.pending += 1
+            await fallback.queue.put(n)
 
     async def _report(
         self,

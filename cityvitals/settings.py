@@ -129,11 +129,18 @@ class WebhookSection(_Section, frozen=True):
     name: Annotated[str, msgspec.Meta(pattern=WEBHOOK_NAME)]
     url: str
     timeout_s: Annotated[float, msgspec.Meta(gt=0, le=300)] = 10.0
+    #: Files holding signing secrets (relative to this file), one per line of
+    #: rotation: every request is signed with each (alerts.signing).
+    secret_file: str | None = None
 
 
 class AlertsSection(_Section, frozen=True):
     console: bool = True
     webhook: tuple[WebhookSection, ...] = ()
+    #: The alert book and notification outbox, relative to data_dir.
+    store: str = "alerts.sqlite3"
+    #: A webhook's name: it gets only what another receiver gave up on.
+    fallback: str | None = None
 
 
 class InfluxSection(_Section, frozen=True):
@@ -261,12 +268,16 @@ class WebhookSettings:
     name: str
     url: str
     timeout_s: float = 10.0
+    secrets: tuple[bytes, ...] = field(default=(), repr=False)
 
 
 @dataclass(frozen=True, slots=True)
 class AlertSettings:
     console: bool = True
     webhooks: tuple[WebhookSettings, ...] = ()
+    #: None: in memory (the book and outbox do not survive a restart).
+    store_path: Path | None = None
+    fallback: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -346,9 +357,7 @@ def _build(path: Path, raw: SettingsFile) -> Settings:
             level=_level(path, raw.presence.level),
             sweep_every_s=raw.presence.sweep_every_s,
         ),
-        alerts=AlertSettings(
-            console=raw.alerts.console, webhooks=_webhooks(path, raw.alerts.webhook)
-        ),
+        alerts=_alerts(path, raw.alerts, data_dir),
         influxdb=None if raw.influxdb is None else _influx(path, raw.influxdb, data_dir),
     )
 
@@ -424,6 +433,24 @@ def _level(path: Path, text: str) -> Level:
     return level
 
 
+def _alerts(path: Path, section: AlertsSection, data_dir: Path) -> AlertSettings:
+    hooks = _webhooks(path, section.webhook)
+    names = [hook.name for hook in hooks]
+    if section.fallback is not None and section.fallback not in names:
+        raise ConfigError(
+            path,
+            "alerts.fallback",
+            f"the name of one of the [[alerts.webhook]] tables ({', '.join(names) or 'none'})",
+            found=section.fallback,
+        )
+    return AlertSettings(
+        console=section.console,
+        webhooks=hooks,
+        store_path=resolve_path(path, "alerts.store", section.store, base=data_dir),
+        fallback=section.fallback,
+    )
+
+
 def _webhooks(path: Path, sections: tuple[WebhookSection, ...]) -> tuple[WebhookSettings, ...]:
     seen: set[str] = set()
     hooks = []
@@ -436,7 +463,15 @@ def _webhooks(path: Path, sections: tuple[WebhookSection, ...]) -> tuple[Webhook
             raise ConfigError(
                 path, f"{key}.url", "an http:// or https:// url with a host", found=hook.url
             )
-        hooks.append(WebhookSettings(hook.name, hook.url, hook.timeout_s))
+        secrets: tuple[bytes, ...] = ()
+        if hook.secret_file is not None:
+            text = read_file(path, f"{key}.secret_file", hook.secret_file)
+            secrets = tuple(line.strip().encode() for line in text.splitlines() if line.strip())
+            if not secrets:
+                raise ConfigError(
+                    path, f"{key}.secret_file", "a file holding the signing secret; it is empty"
+                )
+        hooks.append(WebhookSettings(hook.name, hook.url, hook.timeout_s, secrets))
     return tuple(hooks)
 
 

@@ -25,6 +25,7 @@ from aiokafka.errors import KafkaError
 
 from alerts.notify import ConsoleNotifier, Notifier, WebhookNotifier
 from alerts.service import AlertService
+from alerts.store import AlertStore
 from cityvitals.clock import SystemClock
 from cityvitals.contract import decode_warning
 from cityvitals.distributed.topics import ensure_topics, seed_offsets
@@ -236,10 +237,11 @@ class AlertsRole:
     """Warnings from Kafka into the alert service; offsets committed once handled.
 
     The consumer group is `<topic prefix>-alerts`. Offsets are committed only
-    after the alert service has processed and delivered (or given up on) the
-    warnings before them, so a restart re-reads, never skips; the alert book
-    ignores a warning it has already applied. The book itself lives in memory
-    (a persisted one is the alert-dispatch issue's job).
+    after the alert service has folded the warnings before them into its book
+    and recorded what it owes each receiver in the alert store
+    (`[alerts] store`, alerts/store.py), so a restart re-reads, never skips;
+    the book, rebuilt from the store, ignores a warning it has already
+    applied, and the outbox resumes what was owed under the same keys.
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -267,11 +269,12 @@ class AlertsRole:
 
             session = await self._stack.enter_async_context(aiohttp.ClientSession())
             notifiers += [
-                WebhookNotifier(w.url, session, timeout=w.timeout_s, name=w.name)
+                WebhookNotifier(w.url, session, timeout=w.timeout_s, name=w.name, secrets=w.secrets)
                 for w in a.webhooks
             ]
+        store = await self._stack.enter_async_context(AlertStore(a.store_path))
         self.service = await self._stack.enter_async_context(
-            AlertService(notifiers, clock=SystemClock())
+            AlertService(notifiers, clock=SystemClock(), store=store, fallback=a.fallback)
         )
         k = self.settings.kafka
         consumer = AIOKafkaConsumer(
@@ -300,7 +303,10 @@ class AlertsRole:
                         await self.service.submit(warning)
                         self.consumed += 1
                 if batches:
-                    await self.service.drain()
+                    # Committed once in the book and owed in the store, not once
+                    # delivered: a receiver down for an hour must not stall the
+                    # warnings behind it (the outbox keeps what it owes them).
+                    await self.service.recorded()
                     await consumer.commit()
             except KafkaError as exc:
                 log.warning("alerts: Kafka error (%s); retrying", exc)

@@ -25,6 +25,7 @@ from typing import Any, Self
 from alerts.model import Notification
 from alerts.notify import Notifier
 from alerts.service import AlertService
+from alerts.store import AlertStore
 from cityvitals.clock import Clock, SystemClock
 from cityvitals.config import BrokerSettings
 from cityvitals.contract import Warning
@@ -48,6 +49,8 @@ class BrokerUnreachableError(CityvitalsError):
 
 
 STORE_FILE = "cityvitals.sqlite3"
+#: The alert book and notification outbox (alerts/store.py).
+ALERTS_FILE = "alerts.sqlite3"
 #: A receiver that has not taken a notification in this long is given up on
 #: for it (recorded as failed): a demo must not hang on a dead webhook.
 DELIVERY_GIVE_UP_S = 20.0
@@ -135,15 +138,18 @@ class EmbeddedPipeline:
         if self._fresh:
             # Sequence numbers of simulated nodes restart with every demo run,
             # so a demo's store starts empty rather than mixing two runs.
-            for suffix in ("", "-wal", "-shm"):
-                self.store_path.with_name(STORE_FILE + suffix).unlink(missing_ok=True)
+            for name in (STORE_FILE, ALERTS_FILE):
+                for suffix in ("", "-wal", "-shm"):
+                    (self.data_dir / (name + suffix)).unlink(missing_ok=True)
         self.store = await self._stack.enter_async_context(EmbeddedStore(self.store_path))
+        alert_store = await self._stack.enter_async_context(AlertStore(self.data_dir / ALERTS_FILE))
         self.alerts = await self._stack.enter_async_context(
             AlertService(
                 self._notifiers,
                 clock=self._clock,
                 on_delivery=self._record_delivery,
                 give_up_after=DELIVERY_GIVE_UP_S,
+                store=alert_store,
             )
         )
         app = create_embedded_app(self.data_dir)

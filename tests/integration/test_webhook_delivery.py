@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import random
 import socket
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from functools import partial
@@ -22,9 +23,12 @@ from aiohttp import web
 from alerts.model import Notification, decode_notification
 from alerts.notify import WebhookNotifier
 from alerts.service import AlertService, AlertStats
+from alerts.signing import SignatureError, verify
+from alerts.store import AlertStore
 from cityvitals.clock import ManualClock
 from cityvitals.levels import Level
 from tests.factories import PLACE, make_warning
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -190,3 +194,161 @@ async def test_connection_refused_is_retried_and_fails(
     assert (receiver, outcome) == ("ops-webhook", "failed")
     assert detail.startswith("ClientConnectorError")
     assert stats == AlertStats(warnings_received=1, notifications=1, delivered=0, failed=1)
+
+
+# -- signatures, and a restart mid-delivery ------------------------------------------------
+
+
+@dataclass
+class SigningReceiver:
+    """A receiver as a real integration would be written: it checks each request's
+    signature (alerts.signing.verify, 401 when wrong), remembers the idempotency keys it
+    has acted on and drops repeats, and can be told to fail or hang for a while."""
+
+    secret: bytes
+    url: str = ""
+    fail_next: int = 0
+    hang: bool = False
+    entered: asyncio.Event = field(default_factory=asyncio.Event)
+    acted: list[str] = field(default_factory=list)  # keys, first time each
+    repeats: int = 0
+    refused: list[str] = field(default_factory=list)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        try:
+            verify(
+                self.secret,
+                body,
+                request.headers.get("X-Cityvitals-Timestamp"),
+                request.headers.get("X-Cityvitals-Signature"),
+                now_s=time.time(),
+            )
+        except SignatureError as exc:
+            self.refused.append(str(exc))
+            return web.Response(status=401, text=str(exc))
+        key = request.headers["Idempotency-Key"]
+        assert decode_notification(body).id == key
+        if self.hang:
+            self.entered.set()
+            await asyncio.Event().wait()  # until the server shuts down
+        if self.fail_next:
+            self.fail_next -= 1
+            return web.Response(status=503, text="maintenance")
+        if key in self.acted:
+            self.repeats += 1
+        else:
+            self.acted.append(key)
+        return web.Response(status=200)
+
+
+@pytest.fixture
+async def signing_receiver() -> AsyncIterator[SigningReceiver]:
+    recv = SigningReceiver(secret=b"k3y-one")
+    app = web.Application()
+    app.router.add_post("/hook", recv.handle)
+    runner = web.AppRunner(app, shutdown_timeout=0.5)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    recv.url = f"http://{host}:{port}/hook"
+    try:
+        yield recv
+    finally:
+        await runner.cleanup()
+
+
+def _alerts(
+    url: str, session: aiohttp.ClientSession, store: AlertStore, secrets: tuple[bytes, ...], **kw
+) -> AlertService:
+    webhook = WebhookNotifier(url, session, timeout=1.0, name="ops", secrets=secrets)
+    return AlertService(
+        [webhook],
+        clock=ManualClock(1_764_028_800.0),
+        rng=random.Random(3),
+        base_delay=0.01,
+        max_delay=0.05,
+        store=store,
+        **kw,
+    )
+
+
+async def test_signed_notifications_verify_and_a_wrong_secret_is_refused(
+    signing_receiver: SigningReceiver, session: aiohttp.ClientSession, tmp_path
+) -> None:
+    """Signed with the receiver's secret (alongside an older one, as during a rotation), the
+    receiver verifies and takes it; signed only with another secret, it answers 401, which
+    is not retried and leaves a dead letter with the receiver's reason."""
+    async with AlertStore(tmp_path / "a.sqlite3") as store:
+        async with _alerts(signing_receiver.url, session, store, (b"old-key", b"k3y-one")) as svc:
+            await svc.submit(warning(Level.RED))
+            await asyncio.wait_for(svc.drain(), WAIT)
+        assert len(signing_receiver.acted) == 1
+    async with AlertStore(tmp_path / "b.sqlite3") as store:
+        async with _alerts(signing_receiver.url, session, store, (b"wrong",)) as svc:
+            await svc.submit(warning(Level.RED))
+            await asyncio.wait_for(svc.drain(), WAIT)
+        (dead,) = await store.rows("dead")
+    assert signing_receiver.refused == ["the signature does not match the body"]
+    assert "HTTP 401" in dead.detail
+    assert "does not match" in dead.detail
+
+
+async def test_a_restart_mid_delivery_sends_each_change_once_by_its_key(
+    signing_receiver: SigningReceiver, session: aiohttp.ClientSession, tmp_path
+) -> None:
+    """Firing, orange → red, resolved for two alerts; the receiver fails twice (retried),
+    then hangs, and the alert service is stopped while a request hangs. Started again on
+    the same store, with the receiver back, it resumes: the receiver has acted on every
+    (alert, state change) exactly once by its idempotency key, repeats (the request that
+    hung) dropped by key, and no key it did not expect."""
+    path = tmp_path / "alerts.sqlite3"
+    changes = [
+        warning(Level.ORANGE, fp="fp-a", ts_ms=1_000, seq=1),
+        warning(Level.ORANGE, fp="fp-b", ts_ms=1_000, seq=1),
+        warning(Level.RED, fp="fp-a", ts_ms=2_000, seq=2),
+        warning(Level.NONE, fp="fp-a", ts_ms=3_000, seq=3),
+        warning(Level.NONE, fp="fp-b", ts_ms=3_000, seq=3),
+    ]
+    expected: list[str] = []
+
+    async def produced(n: Notification) -> None:
+        expected.append(n.id)
+
+    signing_receiver.fail_next = 2
+    async with AlertStore(path) as store:
+        async with _alerts(
+            signing_receiver.url,
+            session,
+            store,
+            (b"k3y-one",),
+            drain_timeout=0.2,
+            on_notification=produced,
+        ) as svc:
+            for w in changes[:3]:
+                await svc.submit(w)
+            await asyncio.wait_for(svc.recorded(), WAIT)
+            await wait_until(lambda: len(signing_receiver.acted) >= 1, "a first delivery")
+            signing_receiver.hang = True
+            for w in changes[3:]:
+                await svc.submit(w)
+            await asyncio.wait_for(svc.recorded(), WAIT)
+            await asyncio.wait_for(signing_receiver.entered.wait(), WAIT)
+        owed = (await store.counts())["pending"]
+    assert owed >= 1
+    assert len(expected) == 5
+    signing_receiver.hang = False
+    async with AlertStore(path) as store:
+        async with _alerts(signing_receiver.url, session, store, (b"k3y-one",)) as svc:
+            for w in changes:  # the consumer reads them again after the restart
+                await svc.submit(w)
+            await asyncio.wait_for(svc.drain(), WAIT)
+            assert svc.stats().resumed == owed
+            assert svc.stats().notifications == 0  # nothing new: the book remembered
+        assert (await store.counts())["pending"] == 0
+    assert sorted(signing_receiver.acted) == sorted(expected)
+    # In order per alert: a's firing, level change and resolve as recorded.
+    a_keys = [k for k in signing_receiver.acted if k in expected[:1] + expected[2:4]]
+    assert a_keys == [expected[0], expected[2], expected[3]]
+    assert signing_receiver.refused == []

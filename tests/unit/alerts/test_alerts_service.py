@@ -20,6 +20,7 @@ from cityvitals.clock import ManualClock
 from cityvitals.errors import DeliveryError
 from cityvitals.levels import Level
 from tests.factories import make_warning
+from tests.waiting import wait_until
 
 WAIT = 5.0  # generous upper bound for anything that should be immediate
 
@@ -337,6 +338,8 @@ async def test_hung_receiver_does_not_delay_the_others(caplog: pytest.LogCapture
                 f"fp-{i}" for i in range(count)
             ]
             assert len(hung.calls) == 1  # the first, still waiting for an answer
+            # Settled once the store has it marked delivered.
+            await wait_until(lambda: svc.stats().delivered == count, "console settled")
             s = svc.stats()
             assert (s.delivered, s.failed, s.undelivered) == (count, 0, count)
             # hung.gate is never set: leaving gives up at once (drain_timeout=0).
@@ -488,11 +491,13 @@ async def test_undelivered_counts_what_each_lane_still_holds() -> None:
     async with service([a, b], rec) as svc:
         for i in range(3):
             await svc.submit(warning(Level.RED, fp=f"fp-{i}"))
+        await asyncio.wait_for(svc.recorded(), WAIT)
         await asyncio.wait_for(a.entered.wait(), WAIT)
         await asyncio.wait_for(b.entered.wait(), WAIT)
         assert svc.stats().undelivered == 2 * 3
         a.gate.set()
         await asyncio.wait_for(until(a.passed, lambda: len(a.delivered) == 3), WAIT)
+        await wait_until(lambda: svc.stats().delivered == 3, "a's deliveries settled")
         assert svc.stats().undelivered == 3  # all of b's, one of them in flight
         b.gate.set()
         await asyncio.wait_for(svc.drain(), WAIT)

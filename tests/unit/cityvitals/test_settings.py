@@ -207,6 +207,7 @@ def test_the_deploy_example_loads(tmp_path: Path):
     """The annotated example, next to a registry `cityvitals city generate` wrote."""
     example = shutil.copy(REPO / "deploy" / "cityvitals.toml", tmp_path / "cityvitals.toml")
     (tmp_path / "influxdb-token").write_text("example-token\n")
+    (tmp_path / "ops-webhook.secret").write_text("new-secret\nold-secret\n")
     result = CliRunner().invoke(
         main, ["city", "generate", "--nodes", "20", "--out", str(tmp_path / "city.csv")]
     )
@@ -217,7 +218,10 @@ def test_the_deploy_example_loads(tmp_path: Path):
     assert len(s.kafka.bootstrap) == 3
     assert s.kafka.replication == 3
     assert s.presence.silent_after(Kind.MANHOLE) > s.presence.silent_after_s
-    assert [w.name for w in s.alerts.webhooks] == ["ops"]
+    assert [w.name for w in s.alerts.webhooks] == ["ops", "duty-phone"]
+    assert s.alerts.webhooks[0].secrets == (b"new-secret", b"old-secret")
+    assert s.alerts.fallback == "duty-phone"
+    assert s.alerts.store_path == Path("/var/lib/cityvitals/alerts.sqlite3")
     assert s.influxdb is not None
     assert s.influxdb.token == "example-token"
     assert s.influxdb.spool_path == Path("/var/lib/cityvitals/influx-spool.sqlite3")
@@ -262,7 +266,11 @@ def test_the_deploy_example_sets_every_key():
             " stream",
         ),
         (("[stream]", "[streams]"), "streams", "known keys: alerts, data_dir"),
-        (("\ntimeout_s = 3", "\ntimeout = 3"), "alerts.webhook[1].timeout", "name, timeout_s, url"),
+        (
+            ("\ntimeout_s = 3", "\ntimeout = 3"),
+            "alerts.webhook[1].timeout",
+            "name, secret_file, timeout_s, url",
+        ),
         (('data_dir = "state"', '"data dir" = "state"'), '"data dir"', "known keys"),
         # wrong types
         (("partitions = 12", 'partitions = "12"'), "kafka.partitions", "int"),
@@ -328,6 +336,16 @@ def test_the_deploy_example_sets_every_key():
             ('url = "http://fire.example:8080/in"\n', ""),
             "alerts.webhook[1].url",
             "a value (this key is required)",
+        ),
+        (
+            ("[alerts]\n", '[alerts]\nfallback = "sms"\n'),
+            "alerts.fallback",
+            "one of the [[alerts.webhook]] tables (ops, fire), found 'sms'",
+        ),
+        (
+            ('name = "fire"\n', 'name = "fire"\nsecret_file = "fire.secret"\n'),
+            "alerts.webhook[1].secret_file",
+            "a readable file",
         ),
         # files
         (('registry = "city.csv"\n', ""), "registry", "a value (this key is required)"),

@@ -1,0 +1,208 @@
+"""The alert store: the book and the outbox survive a restart, and nothing owed is lost or
+sent again under a new idempotency key; dead letters are kept, fall back, and can be retried."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from alerts.model import Notification
+from alerts.service import AlertService
+from alerts.store import AlertStore, AlertStoreError
+from cityvitals.clock import ManualClock
+from cityvitals.errors import DeliveryError
+from cityvitals.levels import Level
+from tests.factories import make_warning
+
+WAIT = 5.0
+
+
+class Receiver:
+    """Records what it was sent; fails with `errors` first (then succeeds)."""
+
+    def __init__(self, name: str, errors: tuple[DeliveryError, ...] = ()) -> None:
+        self.name = name
+        self.errors = list(errors)
+        self.got: list[Notification] = []
+
+    async def send(self, n: Notification) -> None:
+        if self.errors:
+            raise self.errors.pop(0)
+        self.got.append(n)
+
+
+class Hanging:
+    """A receiver that takes the request and never answers (until the service stops)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.calls = 0
+        self.entered = asyncio.Event()
+
+    async def send(self, n: Notification) -> None:
+        self.calls += 1
+        self.entered.set()
+        await asyncio.Event().wait()
+
+
+async def _no_sleep(_: float) -> None:
+    return None
+
+
+def service(receivers: list, store: AlertStore, **kw: object) -> AlertService:
+    return AlertService(
+        receivers,
+        clock=ManualClock(1_764_028_800.0),
+        sleep=_no_sleep,
+        store=store,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+async def test_the_book_survives_a_restart(tmp_path: Path) -> None:
+    """After a restart, a warning read again changes nothing, and the next level change
+    updates the alert opened before it ("level_changed", not a second "firing")."""
+    path = tmp_path / "alerts.sqlite3"
+    first = make_warning(Level.ORANGE, ts_ms=1_000, seq=1)
+    async with AlertStore(path) as store:
+        a = Receiver("a")
+        async with service([a], store) as svc:
+            await svc.submit(first)
+            await asyncio.wait_for(svc.drain(), WAIT)
+    assert [n.event for n in a.got] == ["firing"]
+    async with AlertStore(path) as store:
+        b = Receiver("a")
+        async with service([b], store) as svc:
+            assert svc.book.get(first.fingerprint) == a.got[0].alert
+            await svc.submit(first)  # re-read from Kafka after the restart
+            await svc.submit(make_warning(Level.RED, ts_ms=2_000, seq=2))
+            await svc.submit(make_warning(Level.NONE, ts_ms=3_000, seq=3))
+            await asyncio.wait_for(svc.drain(), WAIT)
+        assert [(n.event, n.previous, n.alert.peak_level) for n in b.got] == [
+            ("level_changed", Level.ORANGE, Level.RED),
+            ("resolved", Level.RED, Level.RED),
+        ]
+        assert await store.counts() == {"pending": 0, "delivered": 3, "dead": 0, "open_alerts": 0}
+    async with AlertStore(path) as store:
+        c = Receiver("a")
+        async with service([c], store) as svc:
+            await svc.submit(make_warning(Level.RED, ts_ms=2_000, seq=2))  # older than the clear
+            await asyncio.wait_for(svc.drain(), WAIT)
+    assert c.got == []
+
+
+async def test_what_is_owed_at_a_stop_is_delivered_after_it_under_the_same_key(
+    tmp_path: Path,
+) -> None:
+    """A receiver down when the service stops: its notifications stay owed in the store,
+    and the next start delivers them, in order, with the ids they were recorded under;
+    the receiver that had them already is not sent them again."""
+    path = tmp_path / "alerts.sqlite3"
+    down, up = Hanging("pager"), Receiver("console")
+    async with AlertStore(path) as store:
+        async with service([down, up], store, drain_timeout=0.05) as svc:
+            await svc.submit(make_warning(Level.ORANGE, ts_ms=1_000, seq=1))
+            await svc.submit(make_warning(Level.RED, ts_ms=2_000, seq=2))
+            await asyncio.wait_for(svc.recorded(), WAIT)
+            await asyncio.wait_for(down.entered.wait(), WAIT)
+        assert down.calls == 1  # the first was in flight when it stopped
+        assert svc.stats().undelivered == 2
+        assert (await store.counts())["pending"] == 2
+    recorded = [n.id for n in up.got]
+    assert len(recorded) == 2
+    async with AlertStore(path) as store:
+        pager, console = Receiver("pager"), Receiver("console")
+        async with service([pager, console], store) as svc:
+            await asyncio.wait_for(svc.drain(), WAIT)
+            assert svc.stats().resumed == 2
+        assert [n.id for n in pager.got] == recorded
+        assert [n.event for n in pager.got] == ["firing", "level_changed"]
+        assert console.got == []
+        assert (await store.counts())["pending"] == 0
+
+
+async def test_a_dead_letter_is_kept_with_its_reason_falls_back_and_can_be_retried(
+    tmp_path: Path,
+) -> None:
+    """A refused notification is marked dead with the reason and owed to the fallback
+    receiver, which gets only that one; requeued, it is delivered at the next start."""
+    path = tmp_path / "alerts.sqlite3"
+    refused = DeliveryError("pager", "HTTP 400 Bad Request: unknown channel", retryable=False)
+    pager, sms = Receiver("pager", (refused,)), Receiver("sms")
+    async with AlertStore(path) as store:
+        async with service([pager, sms], store, fallback="sms") as svc:
+            await svc.submit(make_warning(Level.RED, ts_ms=1_000, seq=1))
+            await svc.submit(make_warning(Level.NONE, ts_ms=2_000, seq=2))  # pager takes this
+            await asyncio.wait_for(svc.drain(), WAIT)
+        (dead,) = await store.rows("dead")
+        assert (dead.receiver, dead.attempts) == ("pager", 1)
+        assert "unknown channel" in dead.detail
+        assert dead.notification.event == "firing"
+        assert [n.id for n in sms.got] == [dead.notification.id]
+        assert [n.event for n in pager.got] == ["resolved"]
+        assert {(r.receiver, r.state) for r in await store.rows()} == {
+            ("pager", "dead"),
+            ("pager", "delivered"),
+            ("sms", "delivered"),
+        }
+        assert await store.requeue([dead.id]) == 1
+        assert await store.rows("dead") == []
+    async with AlertStore(path) as store:
+        pager = Receiver("pager")
+        async with service([pager, Receiver("sms")], store, fallback="sms") as svc:
+            await asyncio.wait_for(svc.drain(), WAIT)
+        assert [n.id for n in pager.got] == [dead.notification.id]
+        assert (await store.counts())["dead"] == 0
+
+
+async def test_owed_to_a_receiver_no_longer_configured_is_left_and_said(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "alerts.sqlite3"
+    async with AlertStore(path) as store, service([Hanging("old")], store, drain_timeout=0) as svc:
+        await svc.submit(make_warning(Level.RED))
+        await asyncio.wait_for(svc.recorded(), WAIT)
+    with caplog.at_level(logging.WARNING, logger="alerts.service"):
+        async with AlertStore(path) as store:
+            async with service([Receiver("new")], store) as svc:
+                await asyncio.wait_for(svc.drain(), WAIT)
+            assert (await store.counts())["pending"] == 1
+    assert any("no longer configured" in r.getMessage() and "'old': 1" in r.getMessage()
+               for r in caplog.records)  # fmt: skip
+
+
+async def test_a_failing_store_does_not_stop_delivery(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The store's disk refuses writes: the page still goes out, and the log says once that
+    the store is failing (not once per write)."""
+    path = tmp_path / "alerts.sqlite3"
+    a = Receiver("a")
+    with caplog.at_level(logging.ERROR, logger="alerts.service"):
+        async with AlertStore(path) as store, service([a], store) as svc:
+            with sqlite3.connect(path) as other:
+                other.execute("DROP TABLE outbox")
+            for i in range(3):
+                await svc.submit(make_warning(Level.RED, fp=f"fp-{i}"))
+            await asyncio.wait_for(svc.drain(), WAIT)
+    assert len(a.got) == 3
+    failing = [r for r in caplog.records if "alert store failing" in r.getMessage()]
+    assert len(failing) == 1
+
+
+async def test_a_store_of_another_schema_is_refused_by_name(tmp_path: Path) -> None:
+    path = tmp_path / "alerts.sqlite3"
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA user_version = 7")
+    with pytest.raises(AlertStoreError, match=r"alerts\.sqlite3 has schema version 7"):
+        async with AlertStore(path):
+            pass
+
+
+def test_a_fallback_must_be_a_receiver() -> None:
+    with pytest.raises(ValueError, match="fallback receiver 'sms' is not one of"):
+        AlertService([Receiver("a")], clock=ManualClock(0.0), fallback="sms")
