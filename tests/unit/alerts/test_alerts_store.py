@@ -206,3 +206,41 @@ async def test_a_store_of_another_schema_is_refused_by_name(tmp_path: Path) -> N
 def test_a_fallback_must_be_a_receiver() -> None:
     with pytest.raises(ValueError, match="fallback receiver 'sms' is not one of"):
         AlertService([Receiver("a")], clock=ManualClock(0.0), fallback="sms")
+
+
+def test_the_cli_lists_dead_letters_and_retries_them(tmp_path: Path) -> None:
+    """`cityvitals alerts outbox` lists the dead letter with its receiver, key and reason;
+    `cityvitals alerts retry N` owes it again; asking for nothing is a usage error."""
+    from click.testing import CliRunner
+
+    from cityvitals.cli import main
+
+    path = tmp_path / "alerts.sqlite3"
+    refused = DeliveryError("pager", "HTTP 410 Gone", retryable=False)
+
+    async def fill() -> str:
+        pager = Receiver("pager", (refused,))
+        async with AlertStore(path) as store, service([pager], store) as svc:
+            await svc.submit(make_warning(Level.RED))
+            await asyncio.wait_for(svc.drain(), WAIT)
+            (row,) = await store.rows("dead")
+            return row.notification.id
+
+    key = asyncio.run(fill())
+    runner = CliRunner()
+    listed = runner.invoke(main, ["alerts", "outbox", "--store", str(path)])
+    assert listed.exit_code == 0, listed.output
+    assert "1 open alerts; outbox 0 pending, 0 delivered, 1 dead" in listed.output
+    assert f"#1 dead to pager: firing red water_level.depth wl-0003 (key {key}" in listed.output
+    assert "HTTP 410 Gone" in listed.output
+    retried = runner.invoke(main, ["alerts", "retry", "--store", str(path), "1"])
+    assert retried.exit_code == 0, retried.output
+    assert "1 dead letter owed again" in retried.output
+    again = runner.invoke(main, ["alerts", "outbox", "--store", str(path), "--state", "pending"])
+    assert "#1 pending to pager" in again.output
+    nothing = runner.invoke(main, ["alerts", "retry", "--store", str(path)])
+    assert nothing.exit_code == 2
+    assert "name the dead letters to retry" in nothing.output
+    missing = runner.invoke(main, ["alerts", "outbox", "--store", str(tmp_path / "none")])
+    assert missing.exit_code == 1
+    assert "no alert store there" in missing.output
