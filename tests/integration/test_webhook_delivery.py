@@ -9,10 +9,11 @@ wait is bounded by `asyncio.wait_for`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import socket
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -68,22 +69,30 @@ class Deliveries:
         self.reports.append((n.id, receiver, outcome, detail))
 
 
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    recv = Receiver()
+@contextlib.asynccontextmanager
+async def serving(handler: Callable[[web.Request], Awaitable[web.Response]]) -> AsyncIterator[str]:
+    """A real HTTP server on 127.0.0.1 with `handler` at /hook; yields its URL."""
     app = web.Application()
-    app.router.add_post("/hook", recv.handle)
+    app.router.add_post("/hook", handler)
     runner = web.AppRunner(app, shutdown_timeout=1.0)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     host, port = runner.addresses[0][:2]
-    recv.url = f"http://{host}:{port}/hook"
     try:
-        yield recv
+        yield f"http://{host}:{port}/hook"
     finally:
-        recv.release.set()  # let hung handlers finish so the server shuts down cleanly
         await runner.cleanup()
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    recv = Receiver()
+    async with serving(recv.handle) as recv.url:
+        try:
+            yield recv
+        finally:
+            recv.release.set()  # let hung handlers finish so the server shuts down cleanly
 
 
 @pytest.fixture
@@ -245,18 +254,8 @@ class SigningReceiver:
 @pytest.fixture
 async def signing_receiver() -> AsyncIterator[SigningReceiver]:
     recv = SigningReceiver(secret=b"k3y-one")
-    app = web.Application()
-    app.router.add_post("/hook", recv.handle)
-    runner = web.AppRunner(app, shutdown_timeout=0.5)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    recv.url = f"http://{host}:{port}/hook"
-    try:
+    async with serving(recv.handle) as recv.url:
         yield recv
-    finally:
-        await runner.cleanup()
 
 
 def _alerts(
