@@ -146,6 +146,7 @@ class WebhookNotifier:
         timeout: float = 10.0,
         name: str = "webhook",
         secrets: Sequence[bytes] = (),
+        rate_per_minute: float | None = None,
         now_s: Callable[[], float] = time.time,
     ) -> None:
         parsed = yarl.URL(url)
@@ -162,6 +163,8 @@ class WebhookNotifier:
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._secrets = tuple(secrets)
         self._now_s = now_s
+        #: Messages a minute the receiver takes; None: as fast as it answers.
+        self.rate_per_minute = rate_per_minute
 
     async def send(self, n: Notification) -> None:
         body = encode(n)

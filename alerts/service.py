@@ -77,6 +77,10 @@ class _Lane:
         #: While failing: notifications given up and attempts failed since it started failing.
         self.failed_deliveries = 0
         self.failed_attempts = 0
+        # A receiver may say how fast it takes messages (a chat bot: 20 a minute).
+        rate = getattr(notifier, "rate_per_minute", None)
+        self.min_interval = 60.0 / rate if rate else 0.0
+        self.last_attempt: float | None = None
 
 
 class AlertService:
@@ -398,6 +402,7 @@ class AlertService:
         while True:
             # Bound the attempt itself too: a notifier that never returns must
             # not hold its lane (and, once the lane is full, everyone) forever.
+            await self._pace(lane)
             remaining = cap - (self._monotonic() - started)
             deadline = asyncio.timeout(max(remaining, 0.0))
             try:
@@ -439,6 +444,14 @@ class AlertService:
             )
             await self._sleep(delay)
             attempt += 1
+
+    async def _pace(self, lane: _Lane) -> None:
+        """Keep a rate-limited receiver's attempts `min_interval` apart."""
+        if lane.min_interval and lane.last_attempt is not None:
+            wait = lane.last_attempt + lane.min_interval - self._monotonic()
+            if wait > 0:
+                await self._sleep(wait)
+        lane.last_attempt = self._monotonic()
 
     def _backoff(self, attempt: int) -> float:
         # Exponent capped so a large `attempts` cannot overflow the float.

@@ -31,7 +31,7 @@ import re
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 import msgspec
@@ -130,8 +130,13 @@ class WebhookSection(_Section, frozen=True):
     url: str
     timeout_s: Annotated[float, msgspec.Meta(gt=0, le=300)] = 10.0
     #: Files holding signing secrets (relative to this file), one per line of
-    #: rotation: every request is signed with each (alerts.signing).
+    #: rotation: every request is signed with each (alerts.signing). For a
+    #: DingTalk or Feishu bot: the bot's own signing secret.
     secret_file: str | None = None
+    #: `json`: the notification itself (schema v1); or a chat bot's message.
+    format: Literal["json", "slack", "dingtalk", "wecom", "feishu"] = "json"
+    #: How many messages a minute the receiver takes (chat bots: 20).
+    rate_per_minute: Annotated[float, msgspec.Meta(gt=0, le=100_000)] | None = None
 
 
 class AlertsSection(_Section, frozen=True):
@@ -269,6 +274,8 @@ class WebhookSettings:
     url: str
     timeout_s: float = 10.0
     secrets: tuple[bytes, ...] = field(default=(), repr=False)
+    format: str = "json"
+    rate_per_minute: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -471,7 +478,21 @@ def _webhooks(path: Path, sections: tuple[WebhookSection, ...]) -> tuple[Webhook
                 raise ConfigError(
                     path, f"{key}.secret_file", "a file holding the signing secret; it is empty"
                 )
-        hooks.append(WebhookSettings(hook.name, hook.url, hook.timeout_s, secrets))
+            if hook.format in ("slack", "wecom"):
+                raise ConfigError(
+                    path,
+                    f"{key}.secret_file",
+                    f"no secret_file: {hook.format} bots are not signed (the URL is the secret)",
+                )
+            if hook.format in ("dingtalk", "feishu") and len(secrets) > 1:
+                raise ConfigError(
+                    path, f"{key}.secret_file", f"one line: a {hook.format} bot has one secret"
+                )
+        hooks.append(
+            WebhookSettings(
+                hook.name, hook.url, hook.timeout_s, secrets, hook.format, hook.rate_per_minute
+            )
+        )
     return tuple(hooks)
 
 

@@ -23,7 +23,8 @@ from typing import Self
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 
-from alerts.notify import ConsoleNotifier, Notifier, WebhookNotifier
+from alerts.notify import ConsoleNotifier, Notifier
+from alerts.receivers import receiver
 from alerts.service import AlertService
 from alerts.store import AlertStore
 from cityvitals.clock import SystemClock
@@ -268,10 +269,7 @@ class AlertsRole:
             import aiohttp
 
             session = await self._stack.enter_async_context(aiohttp.ClientSession())
-            notifiers += [
-                WebhookNotifier(w.url, session, timeout=w.timeout_s, name=w.name, secrets=w.secrets)
-                for w in a.webhooks
-            ]
+            notifiers += [receiver(w, session) for w in a.webhooks]
         store = await self._stack.enter_async_context(AlertStore(a.store_path))
         self.service = await self._stack.enter_async_context(
             AlertService(notifiers, clock=SystemClock(), store=store, fallback=a.fallback)

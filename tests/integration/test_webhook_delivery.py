@@ -9,7 +9,10 @@ wait is bounded by `asyncio.wait_for`.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
+import hmac
 import random
 import socket
 import time
@@ -21,6 +24,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from alerts.chat import ChatNotifier
 from alerts.model import Notification, decode_notification
 from alerts.notify import WebhookNotifier
 from alerts.service import AlertService, AlertStats
@@ -351,3 +355,61 @@ async def test_a_restart_mid_delivery_sends_each_change_once_by_its_key(
     a_keys = [k for k in signing_receiver.acted if k in expected[:1] + expected[2:4]]
     assert a_keys == [expected[0], expected[2], expected[3]]
     assert signing_receiver.refused == []
+
+
+# -- chat bots -----------------------------------------------------------------------------
+
+
+@dataclass
+class DingTalkBot:
+    """A local stand-in for a DingTalk custom robot: it checks the query's timestamp and
+    sign as DingTalk documents them, then answers HTTP 200 with an errcode, scripted."""
+
+    secret: str
+    answers: list[dict[str, object]] = field(default_factory=list)
+    got: list[dict[str, object]] = field(default_factory=list)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        ts = request.query.get("timestamp", "")
+        expected = hmac.new(self.secret.encode(), f"{ts}\n{self.secret}".encode(), hashlib.sha256)
+        if request.query.get("sign") != base64.b64encode(expected.digest()).decode():
+            return web.json_response({"errcode": 310000, "errmsg": "sign not match"})
+        self.got.append(await request.json())
+        answer = self.answers.pop(0) if self.answers else {"errcode": 0, "errmsg": "ok"}
+        return web.json_response(answer)
+
+
+async def test_a_dingtalk_bot_takes_signed_markdown_and_too_fast_is_retried(
+    session: aiohttp.ClientSession, tmp_path
+) -> None:
+    """Signed with the bot's secret, the first answer "send too fast" (130101) is retried
+    and the message lands; a bot with another secret answers 310000, a refusal kept as a
+    dead letter with DingTalk's words."""
+    bot = DingTalkBot(secret="SEC-right", answers=[{"errcode": 130101, "errmsg": "send too fast"}])
+    async with serving(bot.handle) as url:
+        for secret in ("SEC-right", "SEC-wrong"):
+            ding = ChatNotifier(
+                f"{url}?access_token=t0ken", session, style="dingtalk", name="ding", secret=secret
+            )
+            async with (
+                AlertStore(tmp_path / f"{secret}.sqlite3") as store,
+                AlertService(
+                    [ding],
+                    clock=ManualClock(1_764_028_800.0),
+                    base_delay=0.01,
+                    max_delay=0.02,
+                    store=store,
+                ) as svc,
+            ):
+                await svc.submit(warning(Level.ORANGE))
+                await asyncio.wait_for(svc.drain(), WAIT)
+                counts, dead = await store.counts(), await store.rows("dead")
+            if secret == "SEC-right":
+                assert (counts["delivered"], counts["dead"]) == (1, 0)
+            else:
+                assert "errcode 310000 sign not match" in dead[0].detail
+    first, retried = bot.got  # "too fast", then taken: the same message twice
+    assert first == retried
+    message = retried
+    assert message["msgtype"] == "markdown"
+    assert "橙色预警 (II级) Orange warning (II)" in message["markdown"]["title"]  # type: ignore[index]

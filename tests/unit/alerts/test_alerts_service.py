@@ -503,3 +503,28 @@ async def test_undelivered_counts_what_each_lane_still_holds() -> None:
         await asyncio.wait_for(svc.drain(), WAIT)
         assert svc.stats().undelivered == 0
         assert svc.stats().delivered == 2 * 3
+
+
+async def test_a_rate_limited_receiver_is_paced() -> None:
+    """A receiver taking 20 messages a minute gets its attempts 3 s apart (the service
+    sleeps the difference on its injected clock); another receiver is not held back."""
+
+    class Bot(Scripted):
+        rate_per_minute = 20.0
+
+    mono = FakeMonotonic()
+    slept: list[float] = []
+
+    async def sleep(delay: float) -> None:
+        slept.append(delay)
+        mono.now += delay
+
+    bot, other = Bot("ding"), Scripted("console")
+    async with AlertService(
+        [bot, other], clock=ManualClock(1_000.0), sleep=sleep, monotonic=mono
+    ) as svc:
+        for i in range(4):
+            await svc.submit(warning(Level.RED, fp=f"fp-{i}"))
+        await asyncio.wait_for(svc.drain(), WAIT)
+    assert len(bot.delivered) == len(other.delivered) == 4
+    assert slept == [3.0, 3.0, 3.0]

@@ -208,6 +208,7 @@ def test_the_deploy_example_loads(tmp_path: Path):
     example = shutil.copy(REPO / "deploy" / "cityvitals.toml", tmp_path / "cityvitals.toml")
     (tmp_path / "influxdb-token").write_text("example-token\n")
     (tmp_path / "ops-webhook.secret").write_text("new-secret\nold-secret\n")
+    (tmp_path / "harbour-dingtalk.secret").write_text("SEC0123\n")
     result = CliRunner().invoke(
         main, ["city", "generate", "--nodes", "20", "--out", str(tmp_path / "city.csv")]
     )
@@ -218,7 +219,9 @@ def test_the_deploy_example_loads(tmp_path: Path):
     assert len(s.kafka.bootstrap) == 3
     assert s.kafka.replication == 3
     assert s.presence.silent_after(Kind.MANHOLE) > s.presence.silent_after_s
-    assert [w.name for w in s.alerts.webhooks] == ["ops", "duty-phone"]
+    assert [w.name for w in s.alerts.webhooks] == ["ops", "duty-phone", "harbour-duty-group"]
+    ding = s.alerts.webhooks[2]
+    assert (ding.format, ding.secrets, ding.rate_per_minute) == ("dingtalk", (b"SEC0123",), 20)
     assert s.alerts.webhooks[0].secrets == (b"new-secret", b"old-secret")
     assert s.alerts.fallback == "duty-phone"
     assert s.alerts.store_path == Path("/var/lib/cityvitals/alerts.sqlite3")
@@ -269,7 +272,7 @@ def test_the_deploy_example_sets_every_key():
         (
             ("\ntimeout_s = 3", "\ntimeout = 3"),
             "alerts.webhook[1].timeout",
-            "name, secret_file, timeout_s, url",
+            "format, name, rate_per_minute, secret_file, timeout_s, url",
         ),
         (('data_dir = "state"', '"data dir" = "state"'), '"data dir"', "known keys"),
         # wrong types
@@ -346,6 +349,16 @@ def test_the_deploy_example_sets_every_key():
             ('name = "fire"\n', 'name = "fire"\nsecret_file = "fire.secret"\n'),
             "alerts.webhook[1].secret_file",
             "a readable file",
+        ),
+        (
+            ('name = "fire"\n', 'name = "fire"\nformat = "teams"\n'),
+            "alerts.webhook[1].format",
+            "one of dingtalk, feishu, json, slack, wecom, found 'teams'",
+        ),
+        (
+            ('name = "fire"\n', 'name = "fire"\nformat = "wecom"\nsecret_file = "city.csv"\n'),
+            "alerts.webhook[1].secret_file",
+            "wecom bots are not signed",
         ),
         # files
         (('registry = "city.csv"\n', ""), "registry", "a value (this key is required)"),
