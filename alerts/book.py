@@ -1,13 +1,17 @@
 """The alert lifecycle: warnings in, notifications out. Pure: no I/O, no clock.
 
-Every timestamp comes from the warning itself, so replaying the same warnings
-yields the same alerts and the same notification ids.
+firing → acknowledged (by hand) → resolved (when the warning clears, or by
+hand); a level change notifies again, and a raise above what was
+acknowledged needs acknowledging again. Timestamps come from the warning
+itself, so replaying the same warnings yields the same alerts and the same
+notification ids; what the clock drives (reminders, a silence ending) and
+what people do take `now_ms` from the caller.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from msgspec.structs import replace
 
@@ -91,9 +95,14 @@ class AlertBook:
             placement=warning.placement,
             area=warning.area,
         )
-        self._open[warning.fingerprint] = updated
         if warning.level == current.level:
+            self._open[warning.fingerprint] = updated
             return None
+        if warning.level > current.level and current.state == "acknowledged":
+            # Worse than what was taken on: it needs taking on again.
+            updated = replace(updated, state="firing", acknowledged_ms=None, acknowledged_by="")
+        updated = replace(updated, notified_ms=warning.ts_ms)
+        self._open[warning.fingerprint] = updated
         return _notify("level_changed", current.level, updated, warning.ts_ms)
 
     def restore(self, opened: Iterable[Alert], resolved: Iterable[tuple[str, int, int]]) -> None:
@@ -134,6 +143,7 @@ class AlertBook:
             threshold=warning.threshold,
             seq=warning.seq,
             area=warning.area,
+            notified_ms=warning.ts_ms,
         )
         self._open[warning.fingerprint] = alert
         return _notify("firing", Level.NONE, alert, warning.ts_ms)
@@ -149,13 +159,82 @@ class AlertBook:
             threshold=warning.threshold,
             seq=warning.seq,
             area=warning.area,
+            notified_ms=warning.ts_ms,
         )
-        del self._open[warning.fingerprint]
-        self._resolved[warning.fingerprint] = (warning.ts_ms, warning.seq)
-        self._resolved.move_to_end(warning.fingerprint)
+        self._forget(resolved)
+        return _notify("resolved", current.level, resolved, warning.ts_ms)
+
+    def _forget(self, resolved: Alert) -> None:
+        del self._open[resolved.fingerprint]
+        self._resolved[resolved.fingerprint] = (resolved.updated_ms, resolved.seq)
+        self._resolved.move_to_end(resolved.fingerprint)
         if len(self._resolved) > self._remember_resolved:
             self._resolved.popitem(last=False)
-        return _notify("resolved", current.level, resolved, warning.ts_ms)
+
+    # -- by hand, and by the clock ------------------------------------------------
+
+    def acknowledge(self, fingerprint: str, *, by: str, now_ms: int) -> Notification | None:
+        """Someone has taken the alert on: no more reminders until it gets worse.
+        None if it is not open, or already acknowledged."""
+        current = self._open.get(fingerprint)
+        if current is None or current.state == "acknowledged":
+            return None
+        acked = replace(
+            current, state="acknowledged", acknowledged_ms=now_ms, acknowledged_by=by,
+            notified_ms=now_ms,
+        )  # fmt: skip
+        self._open[fingerprint] = acked
+        return _notify("acknowledged", current.level, acked, now_ms)
+
+    def resolve(self, fingerprint: str, *, by: str, now_ms: int) -> Notification | None:
+        """Resolved by hand (a sensor known to be wrong, a condition dealt with). Its last
+        warning stays the newest applied, so only a newer one opens it again."""
+        current = self._open.get(fingerprint)
+        if current is None:
+            return None
+        resolved = replace(
+            current, level=Level.NONE, state="resolved", resolved_ms=now_ms, resolved_by=by,
+            notified_ms=now_ms, muted=False,
+        )  # fmt: skip
+        self._forget(resolved)
+        return _notify("resolved", current.level, resolved, now_ms)
+
+    def reminders(self, now_ms: int, *, every_ms: int) -> list[Notification]:
+        """A "repeated" notification for each open alert nobody has acknowledged and
+        nothing has announced for `every_ms`. Its time is when it fell due (one
+        reminder, however long the service was away), so its id is the same if the
+        same reminder is computed again."""
+        out = []
+        for fp, alert in list(self._open.items()):
+            if alert.state != "firing" or alert.muted:
+                continue
+            since = now_ms - alert.notified_ms
+            if since < every_ms:
+                continue
+            due_ms = alert.notified_ms + (since // every_ms) * every_ms
+            reminded = replace(alert, notified_ms=due_ms)
+            self._open[fp] = reminded
+            out.append(_notify("repeated", alert.level, reminded, due_ms))
+        return out
+
+    def mute(self, fingerprint: str) -> Alert | None:
+        """A silence held back a notification of this open alert: remember it, so the
+        end of the silence announces it."""
+        current = self._open.get(fingerprint)
+        if current is None or current.muted:
+            return current
+        self._open[fingerprint] = muted = replace(current, muted=True)
+        return muted
+
+    def unmuted(self, now_ms: int, still_muted: Callable[[Alert], bool]) -> list[Notification]:
+        """A "repeated" notification, now, for each muted open alert no silence holds
+        any more (rather than waiting for the next reminder)."""
+        out = []
+        for fp, alert in list(self._open.items()):
+            if alert.muted and not still_muted(alert):
+                self._open[fp] = back = replace(alert, muted=False, notified_ms=now_ms)
+                out.append(_notify("repeated", alert.level, back, now_ms))
+        return out
 
 
 def _notify(event: Event, previous: Level, alert: Alert, ts_ms: int) -> Notification:

@@ -15,8 +15,12 @@ is exactly what a webhook receives, encoded with `cityvitals.contract.encode`:
     the same id and a receiver can drop the duplicate.
 ``event``
     ``"firing"`` (a new alert), ``"level_changed"`` (raised or lowered while
-    open) or ``"resolved"`` (the warning cleared). Also the
-    ``X-Cityvitals-Event`` header.
+    open), ``"acknowledged"`` (someone took it), ``"repeated"`` (a reminder:
+    still firing and nobody has acknowledged it, or a silence over it
+    ended) or ``"resolved"`` (the warning cleared, or someone resolved it by
+    hand). Also the
+    ``X-Cityvitals-Event`` header. A receiver must accept events it does not
+    know (v1 gains them, as it gains fields).
 ``previous``
     The alert's level before this change; ``0`` for a new alert.
 ``ts_ms``
@@ -31,8 +35,13 @@ is exactly what a webhook receives, encoded with `cityvitals.contract.encode`:
       responsible unit), ``lat``, ``lon``.
     - ``level``: 1 blue (IV) .. 4 red (I); ``0`` once resolved.
       ``peak_level``: the highest level it reached.
-    - ``state``: ``"firing"`` or ``"resolved"``.
-    - ``started_ms``, ``updated_ms``, ``resolved_ms`` (``null`` while firing).
+    - ``state``: ``"firing"``, ``"acknowledged"`` (still open, someone has it),
+      ``"resolved"`` or ``"closed"``.
+    - ``started_ms``, ``updated_ms``, ``resolved_ms`` (``null`` while open);
+      ``acknowledged_ms`` and ``acknowledged_by``, ``resolved_by`` (a hand
+      resolve), ``closed_ms``, when they apply (left out otherwise);
+      ``notified_ms``: when it was last announced (a change or a reminder);
+      ``muted`` (only while true, so never in a body sent): a silence holds it.
     - ``value`` (latest, in ``unit``), ``threshold`` (the rule's threshold for
       the current level, or ``null``), ``seq`` (the reading that last changed it).
     - ``area`` (only for a spatial rule's alert, whose ``node`` is ``""``):
@@ -54,8 +63,10 @@ from cityvitals.levels import Level
 
 SCHEMA_VERSION: Final = 1
 
-State = Literal["firing", "resolved"]
-Event = Literal["firing", "level_changed", "resolved"]
+State = Literal["firing", "acknowledged", "resolved", "closed"]
+Event = Literal["firing", "level_changed", "acknowledged", "repeated", "resolved"]
+#: The states of an alert that is still open (its condition holds, or nobody resolved it).
+OPEN_STATES: Final = ("firing", "acknowledged")
 
 
 class Alert(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -78,6 +89,21 @@ class Alert(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     threshold: float | None
     seq: int
     area: Area | None = None
+    #: Who acknowledged it and when (`acknowledged`); who resolved or closed it by hand.
+    acknowledged_ms: int | None = None
+    acknowledged_by: str = ""
+    resolved_by: str = ""
+    closed_ms: int | None = None
+    #: When it was last announced (a change or a reminder): the repeat interval counts
+    #: from here. 0: not yet.
+    notified_ms: int = 0
+    #: Set while a silence keeps its notifications back; when the silence ends, the
+    #: alert is announced at once if still open.
+    muted: bool = False
+
+    @property
+    def is_open(self) -> bool:
+        return self.state in OPEN_STATES
 
     @property
     def subject(self) -> str:

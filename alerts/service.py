@@ -32,8 +32,9 @@ from typing import Any, Final, Literal, Self
 import msgspec
 
 from alerts.book import AlertBook
-from alerts.model import Notification
+from alerts.model import Alert, Notification
 from alerts.notify import Notifier
+from alerts.silences import Silence, Silences
 from alerts.store import AlertStore, AlertStoreError
 from cityvitals.clock import Clock
 from cityvitals.contract import Warning
@@ -50,6 +51,10 @@ _DEFAULT_DRAIN_TIMEOUT: Final = 10.0
 _DEFAULT_GIVE_UP_AFTER: Final = 60.0
 
 
+class AlertNotFound(KeyError):  # noqa: N818 - reads as what it says
+    """No open alert has this fingerprint."""
+
+
 class AlertStats(msgspec.Struct, frozen=True, kw_only=True):
     """Counters since start; `delivered`, `failed` and `undelivered` count (notification,
     receiver) pairs. `undelivered` is what is still queued or in progress in the lanes,
@@ -62,6 +67,8 @@ class AlertStats(msgspec.Struct, frozen=True, kw_only=True):
     undelivered: int = 0
     #: Notifications owed from before a restart (the outbox's pending rows), resumed.
     resumed: int = 0
+    #: Notifications a silence held back (recorded, sent to nobody).
+    muted: int = 0
 
 
 class _Lane:
@@ -121,6 +128,9 @@ class AlertService:
         drain_timeout: float = _DEFAULT_DRAIN_TIMEOUT,
         store: AlertStore | None = None,
         fallback: str | None = None,
+        repeat_every: float | None = None,
+        tick_every: float = 15.0,
+        sleep_ticks: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         names = [n.name for n in notifiers]
         if len(set(names)) != len(names):
@@ -134,6 +144,8 @@ class AlertService:
             raise ValueError("need 0 <= base_delay <= max_delay")
         if give_up_after <= 0:
             raise ValueError(f"give_up_after must be positive, got {give_up_after}")
+        if (repeat_every is not None and repeat_every <= 0) or tick_every <= 0:
+            raise ValueError("repeat_every and tick_every must be positive")
         self._lanes = tuple(_Lane(n, queue_size) for n in notifiers)
         self._by_name = {lane.name: lane for lane in self._lanes}
         self._fallback = None if fallback is None else self._by_name[fallback]
@@ -143,6 +155,12 @@ class AlertService:
         self._stack = AsyncExitStack()
         self._resumed = 0
         self._store_failing = False
+        self._book_lock = asyncio.Lock()
+        self._silences = Silences()
+        self._muted = 0
+        self._repeat_every = repeat_every
+        self._tick_every = tick_every
+        self._sleep_ticks = sleep_ticks
         self._clock = clock
         self._attempts = attempts
         self._base_delay = base_delay
@@ -181,6 +199,7 @@ class AlertService:
             failed=self._failed,
             undelivered=sum(lane.pending for lane in self._lanes),
             resumed=self._resumed,
+            muted=self._muted,
         )
 
     async def __aenter__(self) -> Self:
@@ -191,6 +210,7 @@ class AlertService:
             self._store = await self._stack.enter_async_context(AlertStore(None))
         state = await self._store.load()
         self._book.restore(state.open, state.resolved)
+        self._silences = Silences(await self._store.silences(now_ms=self._clock.now_ms()))
         if state.open:
             log.info("alert book restored: %d open alerts", len(state.open))
         # The owed notifications go out before any new one (the book worker
@@ -203,7 +223,8 @@ class AlertService:
             asyncio.create_task(self._run_lane(lane), name=f"alerts-lane-{lane.name}")
             for lane in self._lanes
         ]
-        self._workers = (book, *lanes)
+        ticks = asyncio.create_task(self._run_ticks(), name="alerts-ticks")
+        self._workers = (book, ticks, *lanes)
         log.info("alert service started with receivers %s", [lane.name for lane in self._lanes])
         return self
 
@@ -333,16 +354,28 @@ class AlertService:
                 self._update_idle()
 
     async def _process(self, warning: Warning) -> None:
-        before = self._book.get(warning.fingerprint)
-        n = self._book.apply(warning)
-        after = self._book.get(warning.fingerprint)
-        alert = after if after is not None else (None if n is None else n.alert)
-        if alert is not None and (n is not None or after is not before):
-            await self._keep(
-                "record", self._store_record(alert, n), n.id if n else warning.fingerprint
-            )
-        if n is None:
+        async with self._book_lock:
+            before = self._book.get(warning.fingerprint)
+            n = self._book.apply(warning)
+            after = self._book.get(warning.fingerprint)
+            if n is not None:
+                await self._dispatch(n)
+            elif after is not None and after is not before:
+                # A repeat at the same level: the alert's value moved, nobody is paged.
+                await self._keep("record", self._store_record(after, None), after.fingerprint)
+
+    async def _dispatch(self, n: Notification) -> None:
+        """Record one notification and hand it to every regular receiver, unless a
+        silence covers the alert: then it is recorded as held back (`muted`)."""
+        now_ms = self._clock.now_ms()
+        silence = self._silences.covering(n.alert, now_ms=now_ms)
+        if silence is not None:
+            muted = self._book.mute(n.alert.fingerprint) or n.alert
+            self._muted += 1
+            log.debug("%s of %s held back by silence %s", n.event, n.alert.subject, silence.id)
+            await self._keep("record", self._store_record(muted, None), n.id)
             return
+        await self._keep("record", self._store_record(n.alert, n), n.id)
         self._notifications += 1
         if self._on_notification is not None:
             try:
@@ -356,6 +389,79 @@ class AlertService:
             lane.pending += 1
         for lane in self._regular:
             await lane.queue.put(n)  # waits while this receiver is a full queue behind
+
+    # -- what people do, and what the clock does --------------------------------
+
+    async def acknowledge(self, fingerprint: str, *, by: str) -> Alert:
+        """Someone takes an open alert on; `AlertNotFound` if it is not open."""
+        return await self._by_hand(fingerprint, by, self._book.acknowledge)
+
+    async def resolve(self, fingerprint: str, *, by: str) -> Alert:
+        """Resolve an open alert by hand; `AlertNotFound` if it is not open."""
+        return await self._by_hand(fingerprint, by, self._book.resolve)
+
+    async def _by_hand(
+        self, fingerprint: str, by: str, act: Callable[..., Notification | None]
+    ) -> Alert:
+        async with self._book_lock:
+            current = self._book.get(fingerprint)
+            if current is None:
+                raise AlertNotFound(fingerprint)
+            n = act(fingerprint, by=by, now_ms=self._clock.now_ms())
+            if n is None:
+                return current  # already so: acknowledging twice changes nothing
+            await self._dispatch(n)
+            return n.alert
+
+    async def silence(self, silence: Silence) -> None:
+        """Start keeping a silence (kept in the store, so a restart keeps it too)."""
+        self._silences.add(silence)
+        assert self._store is not None  # noqa: S101 - set in __aenter__
+        await self._keep("silence", self._store.put_silence(silence), silence.id)
+        log.info(
+            "silence %s by %s until %s: %s (%s)",
+            silence.id,
+            silence.author,
+            time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(silence.ends_ms / 1000)),
+            ", ".join(f"{m.name}{m.op}{m.value}" for m in silence.matchers),
+            silence.reason,
+        )
+
+    async def expire_silence(self, silence_id: str) -> Silence | None:
+        """End a silence now; the alerts it held back are announced at the next tick."""
+        ended = self._silences.expire(silence_id, now_ms=self._clock.now_ms())
+        if ended is not None:
+            assert self._store is not None  # noqa: S101 - set in __aenter__
+            await self._keep("silence", self._store.put_silence(ended), silence_id)
+            await self.tick()
+        return ended
+
+    @property
+    def silences(self) -> Silences:
+        return self._silences
+
+    async def tick(self) -> int:
+        """Reminders for open alerts nobody acknowledged within `repeat_every`, and an
+        announcement for muted alerts no silence covers any more; how many went out.
+        Runs every `tick_every` seconds while the service does."""
+        async with self._book_lock:
+            now_ms = self._clock.now_ms()
+            due = self._book.unmuted(
+                now_ms, lambda a: self._silences.covering(a, now_ms=now_ms) is not None
+            )
+            if self._repeat_every is not None:
+                due += self._book.reminders(now_ms, every_ms=round(self._repeat_every * 1000))
+            for n in due:
+                await self._dispatch(n)
+            return len(due)
+
+    async def _run_ticks(self) -> None:
+        while True:
+            await self._sleep_ticks(self._tick_every)
+            try:
+                await self.tick()
+            except Exception:
+                log.exception("alert service tick failed")
 
     def _store_record(self, alert: Any, n: Notification | None) -> Awaitable[None]:
         assert self._store is not None  # noqa: S101 - set in __aenter__

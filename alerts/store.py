@@ -40,6 +40,7 @@ from typing import Any, Final, Literal, Self
 import msgspec
 
 from alerts.model import Alert, Notification
+from alerts.silences import Silence
 from cityvitals.errors import CityvitalsError
 
 __all__ = ["AlertStore", "AlertStoreError", "BookState", "OutboxRow"]
@@ -62,12 +63,16 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (id) WHERE state = 'pending';
 CREATE INDEX IF NOT EXISTS outbox_dead ON outbox (id) WHERE state = 'dead';
+CREATE TABLE IF NOT EXISTS silences (
+    id TEXT PRIMARY KEY, ends_ms INTEGER NOT NULL, body BLOB NOT NULL
+) WITHOUT ROWID;
 """
 
 RowState = Literal["pending", "delivered", "dead"]
 
 _alert_decoder: Final = msgspec.json.Decoder(Alert)
 _notification_decoder: Final = msgspec.json.Decoder(Notification)
+_silence_decoder: Final = msgspec.json.Decoder(Silence)
 _encoder: Final = msgspec.json.Encoder()
 
 
@@ -203,6 +208,16 @@ class AlertStore:
         running service picks them up on its next start (`cityvitals alerts retry`)."""
         return await self._run(_requeue, None if ids is None else tuple(ids))  # type: ignore[no-any-return]
 
+    # -- silences --------------------------------------------------------------
+
+    async def put_silence(self, silence: Silence) -> None:
+        """Keep a silence (new, or expired early: the same id, an earlier end)."""
+        await self._run(_put_silence, silence)
+
+    async def silences(self, *, now_ms: int) -> list[Silence]:
+        """The silences that have not ended by `now_ms`."""
+        return await self._run(_silences, now_ms)  # type: ignore[no-any-return]
+
     async def counts(self) -> dict[str, int]:
         """Outbox rows by state, and the open alerts."""
         return await self._run(_counts)  # type: ignore[no-any-return]
@@ -215,11 +230,13 @@ def _load(db: sqlite3.Connection, resolved_limit: int) -> BookState:
     opened = tuple(
         _alert_decoder.decode(body)
         for (body,) in db.execute(
-            "SELECT body FROM alerts WHERE state = 'firing' ORDER BY last_ts_ms, last_seq"
+            "SELECT body FROM alerts WHERE state IN ('firing', 'acknowledged')"
+            " ORDER BY last_ts_ms, last_seq"
         )
     )
     resolved = db.execute(
-        "SELECT fingerprint, last_ts_ms, last_seq FROM alerts WHERE state = 'resolved'"
+        "SELECT fingerprint, last_ts_ms, last_seq FROM alerts"
+        " WHERE state IN ('resolved', 'closed')"
         " ORDER BY last_ts_ms DESC LIMIT ?",
         (resolved_limit,),
     ).fetchall()
@@ -325,10 +342,29 @@ def _requeue(db: sqlite3.Connection, ids: tuple[int, ...] | None) -> int:
         return cursor.rowcount
 
 
+def _put_silence(db: sqlite3.Connection, silence: Silence) -> None:
+    with db:
+        db.execute("BEGIN IMMEDIATE")
+        db.execute(
+            "INSERT INTO silences (id, ends_ms, body) VALUES (?, ?, ?) ON CONFLICT (id)"
+            " DO UPDATE SET ends_ms = excluded.ends_ms, body = excluded.body",
+            (silence.id, silence.ends_ms, _encoder.encode(silence)),
+        )
+
+
+def _silences(db: sqlite3.Connection, now_ms: int) -> list[Silence]:
+    return [
+        _silence_decoder.decode(body)
+        for (body,) in db.execute(
+            "SELECT body FROM silences WHERE ends_ms > ? ORDER BY ends_ms", (now_ms,)
+        )
+    ]
+
+
 def _counts(db: sqlite3.Connection) -> dict[str, int]:
     out = {"pending": 0, "delivered": 0, "dead": 0}
     out |= dict(db.execute("SELECT state, count(*) FROM outbox GROUP BY state").fetchall())
     (out["open_alerts"],) = db.execute(
-        "SELECT count(*) FROM alerts WHERE state = 'firing'"
+        "SELECT count(*) FROM alerts WHERE state IN ('firing', 'acknowledged')"
     ).fetchone()
     return out

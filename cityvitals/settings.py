@@ -146,6 +146,8 @@ class AlertsSection(_Section, frozen=True):
     store: str = "alerts.sqlite3"
     #: A webhook's name: it gets only what another receiver gave up on.
     fallback: str | None = None
+    #: Announce a firing alert again when nobody has acknowledged it for this long.
+    repeat_every_s: Annotated[float, msgspec.Meta(ge=60, le=7 * _DAY)] | None = 3600.0
 
 
 class InfluxSection(_Section, frozen=True):
@@ -285,6 +287,7 @@ class AlertSettings:
     #: None: in memory (the book and outbox do not survive a restart).
     store_path: Path | None = None
     fallback: str | None = None
+    repeat_every_s: float | None = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -455,6 +458,7 @@ def _alerts(path: Path, section: AlertsSection, data_dir: Path) -> AlertSettings
         webhooks=hooks,
         store_path=resolve_path(path, "alerts.store", section.store, base=data_dir),
         fallback=section.fallback,
+        repeat_every_s=section.repeat_every_s,
     )
 
 

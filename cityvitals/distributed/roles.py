@@ -272,7 +272,13 @@ class AlertsRole:
             notifiers += [receiver(w, session) for w in a.webhooks]
         store = await self._stack.enter_async_context(AlertStore(a.store_path))
         self.service = await self._stack.enter_async_context(
-            AlertService(notifiers, clock=SystemClock(), store=store, fallback=a.fallback)
+            AlertService(
+                notifiers,
+                clock=SystemClock(),
+                store=store,
+                fallback=a.fallback,
+                repeat_every=a.repeat_every_s,
+            )
         )
         k = self.settings.kafka
         consumer = AIOKafkaConsumer(

@@ -68,7 +68,7 @@ def test_webhook_body_round_trips_and_has_the_documented_fields() -> None:
     assert set(doc["alert"]) == {
         "fingerprint", "rule", "node", "kind", "metric", "unit", "placement", "level",
         "peak_level", "state", "started_ms", "updated_ms", "resolved_ms", "value",
-        "threshold", "seq",
+        "threshold", "seq", "notified_ms",
     }  # fmt: skip
     assert doc["alert"]["level"] == 4
     assert doc["alert"]["resolved_ms"] is None

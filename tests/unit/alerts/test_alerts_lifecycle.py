@@ -1,0 +1,210 @@
+"""The lifecycle past firing: acknowledge, resolve by hand, reminders, silences; every timing
+on an injected clock (`ManualClock`, and `tick()` called by the test)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from alerts.model import Notification
+from alerts.service import AlertNotFound, AlertService
+from alerts.silences import Matcher, Silence
+from alerts.store import AlertStore
+from cityvitals.clock import ManualClock
+from cityvitals.levels import Level
+from tests.factories import PLACE, make_warning
+
+WAIT = 5.0
+T0 = 1_764_028_800.0  # the clock's start, seconds
+T0_MS = int(T0 * 1000)
+
+
+class Receiver:
+    def __init__(self, name: str = "ops") -> None:
+        self.name = name
+        self.got: list[Notification] = []
+
+    async def send(self, n: Notification) -> None:
+        self.got.append(n)
+
+    def events(self) -> list[tuple[str, int]]:
+        """(event, ms after T0) of each notification."""
+        return [(n.event, n.ts_ms - T0_MS) for n in self.got]
+
+
+def service(receiver: Receiver, clock: ManualClock, store: AlertStore | None = None, **kw):
+    return AlertService([receiver], clock=clock, store=store, **kw)
+
+
+def warn(level: Level, at_s: float, seq: int, **kw):
+    return make_warning(level, ts_ms=T0_MS + int(at_s * 1000), seq=seq, **kw)
+
+
+async def settle(svc: AlertService) -> None:
+    await asyncio.wait_for(svc.drain(), WAIT)
+
+
+async def test_an_unacknowledged_alert_is_repeated_until_someone_takes_it() -> None:
+    """Every 10 minutes nobody acknowledges a firing alert, it is announced again (once
+    per interval, at the time it fell due, however late the tick); acknowledged, the
+    reminders stop; raised above what was acknowledged, it needs acknowledging again."""
+    clock, ops = ManualClock(T0), Receiver()
+    async with service(ops, clock, repeat_every=600) as svc:
+        await svc.submit(warn(Level.ORANGE, 0, 1))
+        await settle(svc)
+        clock.advance(599)
+        assert await svc.tick() == 0
+        clock.advance(1)
+        assert await svc.tick() == 1
+        clock.advance(1_500)  # a late tick: one reminder (the latest due, at 1 800 s)
+        assert await svc.tick() == 1
+        await settle(svc)
+        alert = await svc.acknowledge("fp-1", by="li.wei")
+        assert (alert.state, alert.acknowledged_by) == ("acknowledged", "li.wei")
+        assert (await svc.acknowledge("fp-1", by="someone else")).acknowledged_by == "li.wei"
+        clock.advance(3_600)
+        assert await svc.tick() == 0
+        await svc.submit(warn(Level.RED, 5_700, 2))
+        await settle(svc)
+        clock.advance(600)
+        assert await svc.tick() == 1
+        await settle(svc)
+    assert ops.events() == [
+        ("firing", 0),
+        ("repeated", 600_000),
+        ("repeated", 1_800_000),
+        ("acknowledged", 2_100_000),
+        ("level_changed", 5_700_000),
+        ("repeated", 6_300_000),
+    ]
+    assert len({n.id for n in ops.got}) == len(ops.got)
+    raised = ops.got[4].alert
+    assert (raised.state, raised.acknowledged_ms) == ("firing", None)
+
+
+async def test_resolving_by_hand_and_what_comes_after() -> None:
+    """Resolved by hand, the alert says who; its last warning read again changes nothing,
+    a newer one opens it again; an alert that is not open cannot be acknowledged."""
+    clock, ops = ManualClock(T0), Receiver()
+    async with service(ops, clock) as svc:
+        await svc.submit(warn(Level.YELLOW, 0, 1))
+        await settle(svc)
+        clock.advance(60)
+        resolved = await svc.resolve("fp-1", by="zhang.min")
+        assert (resolved.state, resolved.resolved_by, resolved.level) == (
+            "resolved",
+            "zhang.min",
+            Level.NONE,
+        )
+        await svc.submit(warn(Level.YELLOW, 0, 1))
+        await settle(svc)
+        with pytest.raises(AlertNotFound):
+            await svc.acknowledge("fp-1", by="zhang.min")
+        await svc.submit(warn(Level.YELLOW, 120, 2))
+        await settle(svc)
+    assert [e for e, _ in ops.events()] == ["firing", "resolved", "firing"]
+    assert ops.got[1].previous == Level.YELLOW
+
+
+async def test_a_silence_holds_pages_back_and_its_end_announces_what_is_still_open(
+    tmp_path: Path,
+) -> None:
+    """While a silence covers the harbour's water alerts, their changes are recorded but
+    nobody is paged; another district's alert is paged. When the silence ends by time,
+    the alert still open is announced at once; one resolved meanwhile is not."""
+    clock, ops = ManualClock(T0), Receiver()
+    works = Silence.new(
+        [Matcher("district", "Harbour"), Matcher("kind", "water_level")],
+        starts_ms=T0_MS,
+        ends_ms=T0_MS + 3_600_000,
+        author="ops-lead",
+        reason="pump station works on Dockside Street",
+        now_ms=T0_MS,
+    )
+    async with (
+        AlertStore(tmp_path / "alerts.sqlite3") as store,
+        service(ops, clock, store, repeat_every=600) as svc,
+    ):
+        await svc.silence(works)
+        await svc.submit(warn(Level.ORANGE, 0, 1, fp="fp-dock"))
+        await svc.submit(warn(Level.YELLOW, 0, 1, fp="fp-quay"))
+        await svc.submit(warn(Level.NONE, 60, 2, fp="fp-quay"))
+        hill = msgspec.structs.replace(PLACE, district="Inland", street="Hill Road")
+        await svc.submit(warn(Level.RED, 0, 1, fp="fp-inland", placement=hill))
+        await settle(svc)
+        assert [n.alert.fingerprint for n in ops.got] == ["fp-inland"]
+        assert svc.stats().muted == 3
+        assert svc.book.get("fp-dock").muted
+        clock.advance(1_800)
+        await svc.tick()  # reminders skip muted alerts (and fp-inland is due: 1 800 s)
+        clock.advance(1_800)  # the silence ends
+        await svc.tick()
+        await settle(svc)
+    assert [(n.alert.fingerprint, n.event) for n in ops.got] == [
+        ("fp-inland", "firing"),
+        ("fp-inland", "repeated"),
+        ("fp-dock", "repeated"),
+        ("fp-inland", "repeated"),
+    ]
+    assert ops.got[2].ts_ms == T0_MS + 3_600_000
+
+
+async def test_a_silence_survives_a_restart_and_expiring_it_early_announces_at_once(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "alerts.sqlite3"
+    clock = ManualClock(T0)
+    silence = Silence.new(
+        [Matcher("rule", "water_level\\..*", "=~")],
+        starts_ms=T0_MS,
+        ends_ms=T0_MS + 86_400_000,
+        author="ops-lead",
+        reason="gauges recalibrated today",
+        now_ms=T0_MS,
+    )
+    async with AlertStore(path) as store, service(Receiver(), clock, store) as svc:
+        await svc.silence(silence)
+    ops = Receiver()
+    async with AlertStore(path) as store, service(ops, clock, store) as svc:
+        assert [s.id for s in svc.silences.current(clock.now_ms())] == [silence.id]
+        await svc.submit(warn(Level.RED, 10, 1))
+        await settle(svc)
+        assert ops.got == []
+        clock.advance(60)
+        ended = await svc.expire_silence(silence.id)
+        assert ended is not None
+        assert ended.ends_ms == T0_MS + 60_000
+        assert await svc.expire_silence(silence.id) is None
+        await settle(svc)
+    assert ops.events() == [("repeated", 60_000)]
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        (([], 0, 10, "a", "b"), "at least one matcher"),
+        (([Matcher("node", "wl-1")], 10, 10, "a", "b"), "end after it starts"),
+        (([Matcher("node", "wl-1")], 0, 5, "a", "b"), "already ended"),
+        (([Matcher("node", "wl-1")], 0, 10, " ", "b"), "an author and a reason"),
+    ],
+)
+def test_a_silence_that_cannot_work_is_refused_saying_why(case, message) -> None:
+    matchers, starts, ends, author, reason = case
+    with pytest.raises(ValueError, match=message):
+        Silence.new(
+            matchers, starts_ms=starts, ends_ms=ends, author=author, reason=reason, now_ms=6
+        )
+
+
+def test_matchers_compare_whole_values() -> None:
+    values = {"node": "wl-0003", "district": "Harbour"}
+    assert Matcher("node", "wl-0003").matches(values)
+    assert Matcher("district", "Old Town", "!=").matches(values)
+    assert Matcher("node", "wl-.*", "=~").matches(values)
+    assert not Matcher("node", "wl", "=~").matches(values)  # whole value, not a prefix
+    assert Matcher("node", "cr-.*", "!~").matches(values)
+    with pytest.raises(ValueError, match=r"matcher node=~'wl-\(': missing \)"):
+        Matcher("node", "wl-(", "=~")
