@@ -26,6 +26,10 @@ is exactly what a webhook receives, encoded with `cityvitals.contract.encode`:
 ``ts_ms``
     When the change happened: the warning's event time in Unix milliseconds,
     not the time of delivery.
+``ack_url``
+    Only when the alerts API has a public URL, on notifications of an alert
+    nobody has acknowledged: a signed link, valid for a day by default,
+    whose page acknowledges the alert (docs/alerts.md).
 ``alert``
     The alert after the change:
 
@@ -111,7 +115,7 @@ class Alert(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
         return self.node if self.area is None else self.area.key
 
 
-class Notification(msgspec.Struct, frozen=True, kw_only=True):
+class Notification(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """One change of one alert: the unit of delivery and the webhook body (see module doc)."""
 
     v: Literal[1]
@@ -120,6 +124,8 @@ class Notification(msgspec.Struct, frozen=True, kw_only=True):
     previous: Level
     alert: Alert
     ts_ms: int
+    #: A signed, expiring link that acknowledges the alert (when the API has a public URL).
+    ack_url: str | None = None
 
 
 def notification_id(

@@ -129,6 +129,7 @@ class AlertService:
         store: AlertStore | None = None,
         fallback: str | None = None,
         repeat_every: float | None = None,
+        ack_links: Callable[[Alert], str] | None = None,
         tick_every: float = 15.0,
         sleep_ticks: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
@@ -159,6 +160,7 @@ class AlertService:
         self._silences = Silences()
         self._muted = 0
         self._repeat_every = repeat_every
+        self._ack_links = ack_links
         self._tick_every = tick_every
         self._sleep_ticks = sleep_ticks
         self._clock = clock
@@ -375,6 +377,8 @@ class AlertService:
             log.debug("%s of %s held back by silence %s", n.event, n.alert.subject, silence.id)
             await self._keep("record", self._store_record(muted, None), n.id)
             return
+        if self._ack_links is not None and n.alert.state == "firing":
+            n = msgspec.structs.replace(n, ack_url=self._ack_links(n.alert))
         await self._keep("record", self._store_record(n.alert, n), n.id)
         self._notifications += 1
         if self._on_notification is not None:

@@ -139,6 +139,18 @@ class WebhookSection(_Section, frozen=True):
     rate_per_minute: Annotated[float, msgspec.Meta(gt=0, le=100_000)] | None = None
 
 
+class AlertsApiSection(_Section, frozen=True):
+    """The optional `[alerts.api]` table: the HTTP API of the alerts role."""
+
+    tokens_file: str
+    listen: str = "127.0.0.1:9094"
+    #: Where operators reach the API; with `link_secret_file`, notifications carry
+    #: signed acknowledge links under it.
+    public_url: str | None = None
+    link_secret_file: str | None = None
+    link_ttl_s: Annotated[float, msgspec.Meta(ge=60, le=30 * _DAY)] = _DAY
+
+
 class AlertsSection(_Section, frozen=True):
     console: bool = True
     webhook: tuple[WebhookSection, ...] = ()
@@ -148,6 +160,7 @@ class AlertsSection(_Section, frozen=True):
     fallback: str | None = None
     #: Announce a firing alert again when nobody has acknowledged it for this long.
     repeat_every_s: Annotated[float, msgspec.Meta(ge=60, le=7 * _DAY)] | None = 3600.0
+    api: AlertsApiSection | None = None
 
 
 class InfluxSection(_Section, frozen=True):
@@ -281,6 +294,16 @@ class WebhookSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class AlertsApiSettings:
+    host: str
+    port: int
+    tokens_path: Path
+    public_url: str | None = None
+    link_secret: bytes | None = field(default=None, repr=False)
+    link_ttl_s: float = 86_400.0
+
+
+@dataclass(frozen=True, slots=True)
 class AlertSettings:
     console: bool = True
     webhooks: tuple[WebhookSettings, ...] = ()
@@ -288,6 +311,7 @@ class AlertSettings:
     store_path: Path | None = None
     fallback: str | None = None
     repeat_every_s: float | None = 3600.0
+    api: AlertsApiSettings | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -459,6 +483,48 @@ def _alerts(path: Path, section: AlertsSection, data_dir: Path) -> AlertSettings
         store_path=resolve_path(path, "alerts.store", section.store, base=data_dir),
         fallback=section.fallback,
         repeat_every_s=section.repeat_every_s,
+        api=None if section.api is None else _alerts_api(path, section.api),
+    )
+
+
+def _alerts_api(path: Path, section: AlertsApiSection) -> AlertsApiSettings:
+    host, _, port = section.listen.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(
+            path, "alerts.api.listen", "host:port, such as 127.0.0.1:9094", found=section.listen
+        )
+    if (section.public_url is None) != (section.link_secret_file is None):
+        raise ConfigError(
+            path,
+            "alerts.api.public_url"
+            if section.public_url is None
+            else "alerts.api.link_secret_file",
+            "public_url and link_secret_file together (acknowledge links need both), or neither",
+        )
+    if section.public_url is not None and not _is_http_url(section.public_url):
+        raise ConfigError(
+            path, "alerts.api.public_url", "an http(s) URL with a host", found=section.public_url
+        )
+    secret = None
+    if section.link_secret_file is not None:
+        text = read_file(path, "alerts.api.link_secret_file", section.link_secret_file).strip()
+        if len(text) < 16:
+            raise ConfigError(
+                path, "alerts.api.link_secret_file", "a secret of at least 16 characters"
+            )
+        secret = text.encode()
+    tokens = resolve_path(path, "alerts.api.tokens_file", section.tokens_file)
+    if not tokens.is_file():
+        raise ConfigError(
+            path, "alerts.api.tokens_file", "a readable tokens file", found=str(tokens)
+        )
+    return AlertsApiSettings(
+        host=host.strip("[]"),
+        port=int(port),
+        tokens_path=tokens,
+        public_url=section.public_url,
+        link_secret=secret,
+        link_ttl_s=section.link_ttl_s,
     )
 
 

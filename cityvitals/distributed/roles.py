@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Callable, Collection
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from types import TracebackType
@@ -23,6 +23,9 @@ from typing import Self
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 
+from alerts.api import AlertsApi, Tokens
+from alerts.links import ack_link
+from alerts.model import Alert
 from alerts.notify import ConsoleNotifier, Notifier
 from alerts.receivers import receiver
 from alerts.service import AlertService
@@ -31,7 +34,7 @@ from cityvitals.clock import SystemClock
 from cityvitals.contract import decode_warning
 from cityvitals.distributed.topics import ensure_topics, seed_offsets
 from cityvitals.registry import Registry
-from cityvitals.settings import Settings
+from cityvitals.settings import AlertsApiSettings, Settings
 from cityvitals.store import EmbeddedStore
 from cityvitals.tasks import cancel_and_wait
 from gateway.kafka_bridge import KafkaGateway, KafkaTopics
@@ -234,6 +237,17 @@ class StreamRole:
         )
 
 
+def _ack_links(api: AlertsApiSettings, clock: SystemClock) -> Callable[[Alert], str] | None:
+    if api.public_url is None or api.link_secret is None:
+        return None
+    url, secret, ttl = api.public_url, api.link_secret, api.link_ttl_s
+
+    def link(alert: Alert) -> str:
+        return ack_link(url, secret, alert.fingerprint, expires_s=int(clock.now() + ttl))
+
+    return link
+
+
 class AlertsRole:
     """Warnings from Kafka into the alert service; offsets committed once handled.
 
@@ -271,15 +285,19 @@ class AlertsRole:
             session = await self._stack.enter_async_context(aiohttp.ClientSession())
             notifiers += [receiver(w, session) for w in a.webhooks]
         store = await self._stack.enter_async_context(AlertStore(a.store_path))
+        clock = SystemClock()
         self.service = await self._stack.enter_async_context(
             AlertService(
                 notifiers,
-                clock=SystemClock(),
+                clock=clock,
                 store=store,
                 fallback=a.fallback,
                 repeat_every=a.repeat_every_s,
+                ack_links=None if a.api is None else _ack_links(a.api, clock),
             )
         )
+        if a.api is not None:
+            await self._serve_api(a.api)
         k = self.settings.kafka
         consumer = AIOKafkaConsumer(
             k.warnings_topic,
@@ -292,6 +310,18 @@ class AlertsRole:
         self._stack.push_async_callback(consumer.stop)
         self._task = asyncio.create_task(self._consume(consumer), name="alerts-consumer")
         self._stack.push_async_callback(cancel_and_wait, self._task)
+
+    async def _serve_api(self, api: AlertsApiSettings) -> None:
+        from aiohttp import web
+
+        handlers = AlertsApi(
+            self.service, Tokens.load(api.tokens_path), link_secret=api.link_secret
+        )
+        runner = web.AppRunner(handlers.app(), access_log=None)
+        await runner.setup()
+        self._stack.push_async_callback(runner.cleanup)
+        await web.TCPSite(runner, api.host, api.port).start()
+        log.info("alerts API listening on http://%s:%d", api.host, api.port)
 
     async def _consume(self, consumer: AIOKafkaConsumer) -> None:
         while True:

@@ -21,6 +21,7 @@ from cityvitals.errors import ConfigError
 from cityvitals.kinds import Kind
 from cityvitals.levels import Level
 from cityvitals.settings import (
+    AlertsApiSection,
     AlertsSection,
     GatewaySection,
     InfluxSection,
@@ -209,6 +210,8 @@ def test_the_deploy_example_loads(tmp_path: Path):
     (tmp_path / "influxdb-token").write_text("example-token\n")
     (tmp_path / "ops-webhook.secret").write_text("new-secret\nold-secret\n")
     (tmp_path / "harbour-dingtalk.secret").write_text("SEC0123\n")
+    (tmp_path / "alerts-api.tokens").write_text("o" * 32 + " operator li.wei\n")
+    (tmp_path / "ack-links.secret").write_text("a-long-enough-link-secret\n")
     result = CliRunner().invoke(
         main, ["city", "generate", "--nodes", "20", "--out", str(tmp_path / "city.csv")]
     )
@@ -225,6 +228,9 @@ def test_the_deploy_example_loads(tmp_path: Path):
     assert s.alerts.webhooks[0].secrets == (b"new-secret", b"old-secret")
     assert s.alerts.fallback == "duty-phone"
     assert s.alerts.store_path == Path("/var/lib/cityvitals/alerts.sqlite3")
+    assert s.alerts.api is not None
+    assert (s.alerts.api.host, s.alerts.api.port) == ("0.0.0.0", 9094)  # noqa: S104 - the example
+    assert s.alerts.api.link_secret == b"a-long-enough-link-secret"
     assert s.influxdb is not None
     assert s.influxdb.token == "example-token"
     assert s.influxdb.spool_path == Path("/var/lib/cityvitals/influx-spool.sqlite3")
@@ -242,13 +248,14 @@ def test_the_deploy_example_sets_every_key():
         "[presence]": PresenceSection,
         "[alerts]": AlertsSection,
         "[[alerts.webhook]]": WebhookSection,
+        "[alerts.api]": AlertsApiSection,
         "[influxdb]": InfluxSection,
     }
     for header, struct in sections.items():
         assert header in text
         for field in msgspec.structs.fields(struct):
             name = field.name
-            if isinstance(field.default, msgspec.Struct) or name in ("webhook", "influxdb"):
+            if isinstance(field.default, msgspec.Struct) or name in ("webhook", "influxdb", "api"):
                 continue  # a table, documented under its own header
             assert f"{name} = " in text, f"{header or 'top level'} {name}"
 
