@@ -170,6 +170,7 @@ class AlertsApi:
             ("GET", "/api/v1/alerts/{fingerprint}", self.get_alert),
             ("POST", "/api/v1/alerts/{fingerprint}/acknowledge", self.acknowledge),
             ("POST", "/api/v1/alerts/{fingerprint}/resolve", self.resolve),
+            ("GET", "/api/v1/incidents", self.list_incidents),
             ("GET", "/api/v1/silences", self.list_silences),
             ("POST", "/api/v1/silences", self.create_silence),
             ("DELETE", "/api/v1/silences/{silence_id}", self.expire_silence),
@@ -222,6 +223,11 @@ class AlertsApi:
         except AlertNotFound:
             raise _error(404, f"no open alert {fingerprint!r}") from None
         return _json(alert)
+
+    @_needs("viewer")
+    async def list_incidents(self, request: web.Request) -> web.Response:
+        book = self.service.incidents
+        return _json({"open": book.open_incidents(), "recent": book.recent()[:100]})
 
     # -- silences ----------------------------------------------------------------
 

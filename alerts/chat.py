@@ -131,6 +131,8 @@ def message(n: Notification) -> tuple[str, list[str]]:
     ]
     if n.event == "resolved" and a.peak_level > n.previous:
         lines.insert(1, f"最高 Peak: {_level(a.peak_level)}")
+    if n.incident:
+        lines.append(f"事件组 Incident: {n.incident}")
     if n.ack_url:
         lines.append(f"确认 Acknowledge: {n.ack_url}")
     return title, lines

@@ -26,6 +26,10 @@ is exactly what a webhook receives, encoded with `cityvitals.contract.encode`:
 ``ts_ms``
     When the change happened: the warning's event time in Unix milliseconds,
     not the time of delivery.
+``incident``
+    The id of the incident the alert is grouped in: alerts of one kind in one
+    district (or street, or grid: ``[alerts] group_by``) close in time. One
+    rainstorm is one incident.
 ``ack_url``
     Only when the alerts API has a public URL, on notifications of an alert
     nobody has acknowledged: a signed link, valid for a day by default,
@@ -126,6 +130,9 @@ class Notification(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True
     ts_ms: int
     #: A signed, expiring link that acknowledges the alert (when the API has a public URL).
     ack_url: str | None = None
+    #: The incident the alert belongs to (`alerts.incidents`): alerts of one kind and
+    #: place, close in time.
+    incident: str | None = None
 
 
 def notification_id(

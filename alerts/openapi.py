@@ -132,6 +132,13 @@ def openapi_document() -> dict[str, Any]:
                     parameters=fingerprint,
                 )
             },
+            "/api/v1/incidents": {
+                "get": _op(
+                    "Open incidents (related alerts grouped), and the last 100 resolved",
+                    "viewer",
+                    {"200": {"description": "incidents"}},
+                )
+            },
             "/api/v1/silences": {
                 "get": _op("Silences running or to come", "viewer", {"200": {"description": "ok"}}),
                 "post": _op(

@@ -32,6 +32,7 @@ from typing import Any, Final, Literal, Self
 import msgspec
 
 from alerts.book import AlertBook
+from alerts.incidents import IncidentBook
 from alerts.model import Alert, Notification
 from alerts.notify import Notifier
 from alerts.silences import Silence, Silences
@@ -130,6 +131,7 @@ class AlertService:
         fallback: str | None = None,
         repeat_every: float | None = None,
         ack_links: Callable[[Alert], str] | None = None,
+        incidents: IncidentBook | None = None,
         tick_every: float = 15.0,
         sleep_ticks: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
@@ -155,12 +157,14 @@ class AlertService:
         self._store = store
         self._stack = AsyncExitStack()
         self._resumed = 0
-        self._store_failing = False
+        #: The kinds of store write failing now (record, delivered, ...): said once each.
+        self._store_failing: set[str] = set()
         self._book_lock = asyncio.Lock()
         self._silences = Silences()
         self._muted = 0
         self._repeat_every = repeat_every
         self._ack_links = ack_links
+        self._incidents = incidents if incidents is not None else IncidentBook()
         self._tick_every = tick_every
         self._sleep_ticks = sleep_ticks
         self._clock = clock
@@ -213,6 +217,7 @@ class AlertService:
         state = await self._store.load()
         self._book.restore(state.open, state.resolved)
         self._silences = Silences(await self._store.silences(now_ms=self._clock.now_ms()))
+        self._incidents.restore(await self._store.incidents(), state.open)
         if state.open:
             log.info("alert book restored: %d open alerts", len(state.open))
         # The owed notifications go out before any new one (the book worker
@@ -370,6 +375,13 @@ class AlertService:
         """Record one notification and hand it to every regular receiver, unless a
         silence covers the alert: then it is recorded as held back (`muted`)."""
         now_ms = self._clock.now_ms()
+        changed = self._incidents.apply(n)
+        if changed is not None:
+            assert self._store is not None  # noqa: S101 - set in __aenter__
+            await self._keep("incident", self._store.put_incident(changed), changed.id)
+        incident = changed if changed is not None else self._incidents.of(n.alert.fingerprint)
+        if incident is not None:
+            n = msgspec.structs.replace(n, incident=incident.id)
         silence = self._silences.covering(n.alert, now_ms=now_ms)
         if silence is not None:
             muted = self._book.mute(n.alert.fingerprint) or n.alert
@@ -444,6 +456,10 @@ class AlertService:
     def silences(self) -> Silences:
         return self._silences
 
+    @property
+    def incidents(self) -> IncidentBook:
+        return self._incidents
+
     async def tick(self) -> int:
         """Reminders for open alerts nobody acknowledged within `repeat_every`, and an
         announcement for muted alerts no silence covers any more; how many went out.
@@ -473,23 +489,23 @@ class AlertService:
         return self._store.record(alert, n, names, now_ms=self._clock.now_ms())
 
     async def _keep(self, what: str, write: Awaitable[None], about: str) -> None:
-        """Write to the store; a failure is logged (once, until it works again) and
-        delivery goes on: a page now matters more than the record of it."""
+        """Write to the store; a failure is logged (once for each kind of write, until
+        it works again) and delivery goes on: a page now matters more than its record."""
         try:
             await write
         except AlertStoreError:
-            if not self._store_failing:
+            if what not in self._store_failing:
                 log.exception(
                     "alert store failing (%s on %s); delivering without it, and a "
                     "restart may resend what it did not record",
                     what,
                     about,
                 )
-            self._store_failing = True
+            self._store_failing.add(what)
             return
-        if self._store_failing:
-            log.info("alert store writable again")
-            self._store_failing = False
+        if what in self._store_failing:
+            log.info("alert store takes %s writes again", what)
+            self._store_failing.discard(what)
 
     async def _run_lane(self, lane: _Lane) -> None:
         while True:

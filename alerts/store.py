@@ -39,6 +39,7 @@ from typing import Any, Final, Literal, Self
 
 import msgspec
 
+from alerts.incidents import Incident
 from alerts.model import Alert, Notification
 from alerts.silences import Silence
 from cityvitals.errors import CityvitalsError
@@ -63,6 +64,10 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (id) WHERE state = 'pending';
 CREATE INDEX IF NOT EXISTS outbox_dead ON outbox (id) WHERE state = 'dead';
+CREATE TABLE IF NOT EXISTS incidents (
+    id TEXT PRIMARY KEY, state TEXT NOT NULL, updated_ms INTEGER NOT NULL, body BLOB NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS incidents_open ON incidents (updated_ms) WHERE state = 'open';
 CREATE TABLE IF NOT EXISTS silences (
     id TEXT PRIMARY KEY, ends_ms INTEGER NOT NULL, body BLOB NOT NULL
 ) WITHOUT ROWID;
@@ -73,6 +78,7 @@ RowState = Literal["pending", "delivered", "dead"]
 _alert_decoder: Final = msgspec.json.Decoder(Alert)
 _notification_decoder: Final = msgspec.json.Decoder(Notification)
 _silence_decoder: Final = msgspec.json.Decoder(Silence)
+_incident_decoder: Final = msgspec.json.Decoder(Incident)
 _encoder: Final = msgspec.json.Encoder()
 
 
@@ -111,6 +117,9 @@ class AlertStore:
         self.path = None if path is None else Path(path)
         self._db: sqlite3.Connection | None = None
         self._lock = asyncio.Lock()
+        #: The worker thread's current statement: closing the connection under it
+        #: would crash the process (sqlite3 is not safe against that).
+        self._inflight: asyncio.Future[Any] | None = None
 
     async def __aenter__(self) -> Self:
         self._db = await asyncio.to_thread(self._open)
@@ -122,6 +131,10 @@ class AlertStore:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        work = self._inflight
+        if work is not None and not work.done():
+            # A caller cancelled mid-statement: the thread is still in it.
+            await asyncio.wait([work])
         async with self._lock:
             if self._db is not None:
                 self._db.close()
@@ -154,8 +167,17 @@ class AlertStore:
         async with self._lock:
             if self._db is None:
                 raise AlertStoreError("the alert store is not open")
+            previous = self._inflight
+            if previous is not None and not previous.done():
+                await asyncio.wait([previous])  # one statement on the connection at a time
+            work = asyncio.ensure_future(asyncio.to_thread(fn, self._db, *args))
+            # Retrieved even when nobody awaits it any more (its caller was cancelled).
+            work.add_done_callback(lambda f: f.cancelled() or f.exception())
+            self._inflight = work
             try:
-                return await asyncio.to_thread(fn, self._db, *args)
+                # Shielded: a cancelled caller lets go, the statement runs to its end,
+                # and `__aexit__` waits for it before closing the connection.
+                return await asyncio.shield(work)
             except sqlite3.Error as exc:
                 raise AlertStoreError(f"alert store {self.path or ':memory:'}: {exc}") from exc
 
@@ -207,6 +229,15 @@ class AlertStore:
         """Make dead rows (those of `ids`, or all) pending again; how many were. The
         running service picks them up on its next start (`cityvitals alerts retry`)."""
         return await self._run(_requeue, None if ids is None else tuple(ids))  # type: ignore[no-any-return]
+
+    # -- incidents -------------------------------------------------------------
+
+    async def put_incident(self, incident: Incident) -> None:
+        await self._run(_put_incident, incident)
+
+    async def incidents(self, *, recent: int = 1000) -> list[Incident]:
+        """The open incidents and the `recent` last resolved, oldest first."""
+        return await self._run(_incidents, recent)  # type: ignore[no-any-return]
 
     # -- silences --------------------------------------------------------------
 
@@ -340,6 +371,27 @@ def _requeue(db: sqlite3.Connection, ids: tuple[int, ...] | None) -> int:
                 [(i,) for i in ids],
             )
         return cursor.rowcount
+
+
+def _put_incident(db: sqlite3.Connection, incident: Incident) -> None:
+    with db:
+        db.execute("BEGIN IMMEDIATE")
+        db.execute(
+            "INSERT INTO incidents (id, state, updated_ms, body) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (id) DO UPDATE SET state = excluded.state,"
+            " updated_ms = excluded.updated_ms, body = excluded.body",
+            (incident.id, incident.state, incident.updated_ms, _encoder.encode(incident)),
+        )
+
+
+def _incidents(db: sqlite3.Connection, recent: int) -> list[Incident]:
+    rows = db.execute("SELECT body FROM incidents WHERE state = 'open'").fetchall()
+    rows += db.execute(
+        "SELECT body FROM incidents WHERE state != 'open' ORDER BY updated_ms DESC LIMIT ?",
+        (recent,),
+    ).fetchall()
+    found = [_incident_decoder.decode(body) for (body,) in rows]
+    return sorted(found, key=lambda i: (i.updated_ms, i.id))
 
 
 def _put_silence(db: sqlite3.Connection, silence: Silence) -> None:

@@ -160,6 +160,10 @@ class AlertsSection(_Section, frozen=True):
     fallback: str | None = None
     #: Announce a firing alert again when nobody has acknowledged it for this long.
     repeat_every_s: Annotated[float, msgspec.Meta(ge=60, le=7 * _DAY)] | None = 3600.0
+    #: Incidents group the alerts of one kind in one district, street or grid...
+    group_by: Literal["district", "street", "grid"] = "district"
+    #: ...while the incident has changed within this long.
+    group_window_s: Annotated[float, msgspec.Meta(ge=60, le=7 * _DAY)] = 3600.0
     api: AlertsApiSection | None = None
 
 
@@ -311,6 +315,8 @@ class AlertSettings:
     store_path: Path | None = None
     fallback: str | None = None
     repeat_every_s: float | None = 3600.0
+    group_by: str = "district"
+    group_window_s: float = 3600.0
     api: AlertsApiSettings | None = None
 
 
@@ -483,6 +489,8 @@ def _alerts(path: Path, section: AlertsSection, data_dir: Path) -> AlertSettings
         store_path=resolve_path(path, "alerts.store", section.store, base=data_dir),
         fallback=section.fallback,
         repeat_every_s=section.repeat_every_s,
+        group_by=section.group_by,
+        group_window_s=section.group_window_s,
         api=None if section.api is None else _alerts_api(path, section.api),
     )
 

@@ -186,6 +186,7 @@ class EmbeddedStore:
         self._batch_size = batch_size
         self._db: sqlite3.Connection | None = None
         self._writer: asyncio.Task[None] | None = None
+        self._committing: asyncio.Future[None] | None = None
         self._failure: BaseException | None = None
 
     # -- lifecycle -------------------------------------------------------------
@@ -208,6 +209,11 @@ class EmbeddedStore:
                 await self.flush()
         finally:
             await cancel_and_wait(self._writer)
+            committing = self._committing
+            if committing is not None and not committing.done():
+                # The writer was cancelled mid-commit; the thread is still in it, and
+                # closing the connection under it would crash the process.
+                await asyncio.wait([committing])
             if self._db is not None:
                 self._db.close()
                 self._db = None
@@ -425,7 +431,9 @@ class EmbeddedStore:
                     rows.setdefault(table, []).append(row)
             try:
                 if rows:
-                    await asyncio.to_thread(self._commit, rows)
+                    self._committing = asyncio.ensure_future(asyncio.to_thread(self._commit, rows))
+                    self._committing.add_done_callback(lambda f: f.cancelled() or f.exception())
+                    await asyncio.shield(self._committing)
             except Exception as exc:
                 # A disk that is full or a file that vanished is not something
                 # to retry blindly: record it, wake waiters, and stop writing.

@@ -18,12 +18,13 @@ from collections.abc import AsyncIterator, Callable, Collection
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Self
+from typing import Self, cast
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 
 from alerts.api import AlertsApi, Tokens
+from alerts.incidents import GroupBy, IncidentBook
 from alerts.links import ack_link
 from alerts.model import Alert
 from alerts.notify import ConsoleNotifier, Notifier
@@ -294,6 +295,10 @@ class AlertsRole:
                 fallback=a.fallback,
                 repeat_every=a.repeat_every_s,
                 ack_links=None if a.api is None else _ack_links(a.api, clock),
+                incidents=IncidentBook(
+                    group_by=cast("GroupBy", a.group_by),
+                    window_ms=round(a.group_window_s * 1000),
+                ),
             )
         )
         if a.api is not None:

@@ -20,7 +20,7 @@ from cityvitals.embedded.demo import DemoOptions, run_demo
 from cityvitals.embedded.pipeline import BrokerUnreachableError, EmbeddedPipeline
 from cityvitals.kinds import Kind
 from cityvitals.levels import Level
-from edge.simulate import DAY_S
+from edge.simulate import DAY_S, Scenario
 
 pytestmark = pytest.mark.integration
 
@@ -91,6 +91,15 @@ async def test_shortened_day_alerts_every_incident_and_loses_nothing(tmp_path):
     resolved = {n.alert.fingerprint for n in recorder.notifications if n.event == "resolved"}
     assert opened == resolved
     assert result.delivered == result.notifications == len(recorder.notifications)
+    # The rainstorm is one incident: its gauges' alerts and the district event, grouped.
+    storm = next(i for i in Scenario.default(city, seed=SEED).incidents if i.name == "rainstorm")
+    subjects = {e.node for e in storm.expected}
+    assert any(s.startswith("district:") for s in subjects)
+    grouped = {n.incident for n in recorder.notifications if n.alert.subject in subjects}
+    assert len(grouped) == 1
+    assert None not in grouped
+    others = {n.incident for n in recorder.notifications if n.alert.subject not in subjects}
+    assert grouped.isdisjoint(others)
 
 
 def garbage(city) -> list[tuple[str, bytes, Reason]]:
