@@ -35,6 +35,7 @@ from alerts.book import AlertBook
 from alerts.incidents import IncidentBook
 from alerts.model import Alert, Notification
 from alerts.notify import Notifier
+from alerts.routing import Router
 from alerts.silences import Silence, Silences
 from alerts.store import AlertStore, AlertStoreError
 from cityvitals.clock import Clock
@@ -91,6 +92,19 @@ class _Lane:
         self.last_attempt: float | None = None
 
 
+def _check_receivers(names: list[str], fallback: str | None, router: Router | None) -> None:
+    if len(set(names)) != len(names):
+        # Delivery reports are keyed by receiver name; duplicates would be ambiguous.
+        raise ValueError(f"notifier names must be unique, got {names}")
+    if fallback is not None and fallback not in names:
+        raise ValueError(f"fallback receiver {fallback!r} is not one of {names}")
+    if router is not None:
+        named = {r for route in router.routes for r in route.receivers} | set(router.default)
+        unknown = sorted(named - set(names))
+        if unknown:
+            raise ValueError(f"routes name receivers that are not configured: {unknown}")
+
+
 class AlertService:
     """Turns submitted warnings into alerts and delivers their notifications.
 
@@ -132,15 +146,11 @@ class AlertService:
         repeat_every: float | None = None,
         ack_links: Callable[[Alert], str] | None = None,
         incidents: IncidentBook | None = None,
+        router: Router | None = None,
         tick_every: float = 15.0,
         sleep_ticks: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        names = [n.name for n in notifiers]
-        if len(set(names)) != len(names):
-            # Delivery reports are keyed by receiver name; duplicates would be ambiguous.
-            raise ValueError(f"notifier names must be unique, got {names}")
-        if fallback is not None and fallback not in names:
-            raise ValueError(f"fallback receiver {fallback!r} is not one of {names}")
+        _check_receivers([n.name for n in notifiers], fallback, router)
         if queue_size < 1 or attempts < 1:
             raise ValueError("queue_size and attempts must be at least 1")
         if base_delay < 0 or max_delay < base_delay:
@@ -165,6 +175,7 @@ class AlertService:
         self._repeat_every = repeat_every
         self._ack_links = ack_links
         self._incidents = incidents if incidents is not None else IncidentBook()
+        self._router = router
         self._tick_every = tick_every
         self._sleep_ticks = sleep_ticks
         self._clock = clock
@@ -391,7 +402,8 @@ class AlertService:
             return
         if self._ack_links is not None and n.alert.state == "firing":
             n = msgspec.structs.replace(n, ack_url=self._ack_links(n.alert))
-        await self._keep("record", self._store_record(n.alert, n), n.id)
+        lanes = self._route(n.alert)
+        await self._keep("record", self._store_record(n.alert, n, lanes), n.id)
         self._notifications += 1
         if self._on_notification is not None:
             try:
@@ -401,10 +413,18 @@ class AlertService:
                 log.exception("on_notification hook failed for notification %s", n.id)
         # Every lane counts it before any put can block, so a stop while
         # waiting on a full lane still reports it undelivered everywhere.
-        for lane in self._regular:
+        for lane in lanes:
             lane.pending += 1
-        for lane in self._regular:
+        for lane in lanes:
             await lane.queue.put(n)  # waits while this receiver is a full queue behind
+
+    def _route(self, alert: Alert) -> tuple[_Lane, ...]:
+        if self._router is None:
+            return self._regular
+        names = self._router.receivers(alert)
+        return tuple(
+            self._by_name[name] for name in names if self._by_name[name] is not self._fallback
+        )
 
     # -- what people do, and what the clock does --------------------------------
 
@@ -483,9 +503,11 @@ class AlertService:
             except Exception:
                 log.exception("alert service tick failed")
 
-    def _store_record(self, alert: Any, n: Notification | None) -> Awaitable[None]:
+    def _store_record(
+        self, alert: Any, n: Notification | None, lanes: Sequence[_Lane] = ()
+    ) -> Awaitable[None]:
         assert self._store is not None  # noqa: S101 - set in __aenter__
-        names = [lane.name for lane in self._regular]
+        names = [lane.name for lane in lanes]
         return self._store.record(alert, n, names, now_ms=self._clock.now_ms())
 
     async def _keep(self, what: str, write: Awaitable[None], about: str) -> None:

@@ -151,6 +151,22 @@ class AlertsApiSection(_Section, frozen=True):
     link_ttl_s: Annotated[float, msgspec.Meta(ge=60, le=30 * _DAY)] = _DAY
 
 
+class MatchSection(_Section, frozen=True):
+    name: Literal[
+        "rule", "kind", "metric", "node", "area", "district", "street", "grid", "unit", "level"
+    ]
+    value: str
+    op: Literal["=", "!=", "=~", "!~"] = "="
+
+
+class RouteSection(_Section, frozen=True):
+    """One `[[alerts.route]]`: alerts whose labels all match go to `receivers`."""
+
+    match: tuple[MatchSection, ...]
+    receivers: tuple[str, ...]
+    continue_: bool = msgspec.field(default=False, name="continue")
+
+
 class AlertsSection(_Section, frozen=True):
     console: bool = True
     webhook: tuple[WebhookSection, ...] = ()
@@ -164,6 +180,8 @@ class AlertsSection(_Section, frozen=True):
     group_by: Literal["district", "street", "grid"] = "district"
     #: ...while the incident has changed within this long.
     group_window_s: Annotated[float, msgspec.Meta(ge=60, le=7 * _DAY)] = 3600.0
+    #: Where alerts go, tried in order; an alert no route takes goes to every receiver.
+    route: tuple[RouteSection, ...] = ()
     api: AlertsApiSection | None = None
 
 
@@ -317,6 +335,8 @@ class AlertSettings:
     repeat_every_s: float | None = 3600.0
     group_by: str = "district"
     group_window_s: float = 3600.0
+    #: (matchers as (name, value, op), receivers, continue) per route, in order.
+    routes: tuple[tuple[tuple[tuple[str, str, str], ...], tuple[str, ...], bool], ...] = ()
     api: AlertsApiSettings | None = None
 
 
@@ -475,7 +495,7 @@ def _level(path: Path, text: str) -> Level:
 
 def _alerts(path: Path, section: AlertsSection, data_dir: Path) -> AlertSettings:
     hooks = _webhooks(path, section.webhook)
-    names = [hook.name for hook in hooks]
+    names: list[str] = [hook.name for hook in hooks]
     if section.fallback is not None and section.fallback not in names:
         raise ConfigError(
             path,
@@ -491,8 +511,41 @@ def _alerts(path: Path, section: AlertsSection, data_dir: Path) -> AlertSettings
         repeat_every_s=section.repeat_every_s,
         group_by=section.group_by,
         group_window_s=section.group_window_s,
+        routes=_routes(path, section, [*names, "console"] if section.console else names),
         api=None if section.api is None else _alerts_api(path, section.api),
     )
+
+
+def _routes(
+    path: Path, section: AlertsSection, receivers: list[str]
+) -> tuple[tuple[tuple[tuple[str, str, str], ...], tuple[str, ...], bool], ...]:
+    out = []
+    for i, route in enumerate(section.route):
+        key = f"alerts.route[{i}]"
+        if not route.match:
+            raise ConfigError(path, f"{key}.match", "at least one matcher")
+        if not route.receivers:
+            raise ConfigError(path, f"{key}.receivers", "at least one receiver")
+        for j, name in enumerate(route.receivers):
+            if name not in receivers or name == section.fallback:
+                raise ConfigError(
+                    path,
+                    f"{key}.receivers[{j}]",
+                    f"a receiver: {', '.join(r for r in receivers if r != section.fallback)}",
+                    found=name,
+                )
+        for j, m in enumerate(route.match):
+            if m.op in ("=~", "!~"):
+                try:
+                    re.compile(m.value)
+                except re.error as exc:
+                    raise ConfigError(
+                        path, f"{key}.match[{j}].value", f"a regular expression ({exc})",
+                        found=m.value,
+                    ) from None  # fmt: skip
+        matchers = tuple((m.name, m.value, m.op) for m in route.match)
+        out.append((matchers, route.receivers, route.continue_))
+    return tuple(out)
 
 
 def _alerts_api(path: Path, section: AlertsApiSection) -> AlertsApiSettings:

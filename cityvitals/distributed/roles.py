@@ -29,13 +29,15 @@ from alerts.links import ack_link
 from alerts.model import Alert
 from alerts.notify import ConsoleNotifier, Notifier
 from alerts.receivers import receiver
+from alerts.routing import Route, Router
 from alerts.service import AlertService
+from alerts.silences import Matcher
 from alerts.store import AlertStore
 from cityvitals.clock import SystemClock
 from cityvitals.contract import decode_warning
 from cityvitals.distributed.topics import ensure_topics, seed_offsets
 from cityvitals.registry import Registry
-from cityvitals.settings import AlertsApiSettings, Settings
+from cityvitals.settings import AlertsApiSettings, AlertSettings, Settings
 from cityvitals.store import EmbeddedStore
 from cityvitals.tasks import cancel_and_wait
 from gateway.kafka_bridge import KafkaGateway, KafkaTopics
@@ -249,6 +251,20 @@ def _ack_links(api: AlertsApiSettings, clock: SystemClock) -> Callable[[Alert], 
     return link
 
 
+def _router(a: AlertSettings, names: list[str]) -> Router | None:
+    if not a.routes:
+        return None
+    routes = [
+        Route(
+            tuple(Matcher(n, v, o) for n, v, o in matchers),  # type: ignore[arg-type]
+            receivers,
+            continue_=more,
+        )
+        for matchers, receivers, more in a.routes
+    ]
+    return Router(routes, default=[n for n in names if n != a.fallback])
+
+
 class AlertsRole:
     """Warnings from Kafka into the alert service; offsets committed once handled.
 
@@ -299,6 +315,7 @@ class AlertsRole:
                     group_by=cast("GroupBy", a.group_by),
                     window_ms=round(a.group_window_s * 1000),
                 ),
+                router=_router(a, [n.name for n in notifiers]),
             )
         )
         if a.api is not None:

@@ -26,8 +26,10 @@ from cityvitals.settings import (
     GatewaySection,
     InfluxSection,
     KafkaSection,
+    MatchSection,
     MqttSection,
     PresenceSection,
+    RouteSection,
     Settings,
     SettingsFile,
     StreamSection,
@@ -227,6 +229,14 @@ def test_the_deploy_example_loads(tmp_path: Path):
     assert (ding.format, ding.secrets, ding.rate_per_minute) == ("dingtalk", (b"SEC0123",), 20)
     assert s.alerts.webhooks[0].secrets == (b"new-secret", b"old-secret")
     assert s.alerts.fallback == "duty-phone"
+    assert s.alerts.routes == (
+        ((("level", "red", "="),), ("ops",), True),
+        (
+            (("district", "Harbour", "="), ("kind", "water_level|manhole", "=~")),
+            ("harbour-duty-group", "console"),
+            False,
+        ),
+    )
     assert s.alerts.store_path == Path("/var/lib/cityvitals/alerts.sqlite3")
     assert s.alerts.api is not None
     assert (s.alerts.api.host, s.alerts.api.port) == ("0.0.0.0", 9094)  # noqa: S104 - the example
@@ -249,15 +259,26 @@ def test_the_deploy_example_sets_every_key():
         "[alerts]": AlertsSection,
         "[[alerts.webhook]]": WebhookSection,
         "[alerts.api]": AlertsApiSection,
+        "[[alerts.route]]": RouteSection,
+        "match = [": MatchSection,
         "[influxdb]": InfluxSection,
     }
     for header, struct in sections.items():
         assert header in text
         for field in msgspec.structs.fields(struct):
-            name = field.name
-            if isinstance(field.default, msgspec.Struct) or name in ("webhook", "influxdb", "api"):
+            name = field.encode_name
+            if isinstance(field.default, msgspec.Struct) or name in (
+                "webhook",
+                "influxdb",
+                "api",
+                "route",
+            ):
                 continue  # a table, documented under its own header
             assert f"{name} = " in text, f"{header or 'top level'} {name}"
+
+
+#: A route table put before [alerts] (TOML takes a table's parts in any order).
+ROUTE = "[[alerts.route]]\nmatch = [{{ {match} }}]\nreceivers = [{to}]\n\n[alerts]\n"
 
 
 @pytest.mark.parametrize(
@@ -346,6 +367,22 @@ def test_the_deploy_example_sets_every_key():
             ('url = "http://fire.example:8080/in"\n', ""),
             "alerts.webhook[1].url",
             "a value (this key is required)",
+        ),
+        (
+            (
+                "[alerts]\n",
+                ROUTE.format(match='name = "node", value = "x"', to='"pager"'),
+            ),
+            "alerts.route[0].receivers[0]",
+            "a receiver: ops, fire, found 'pager'",
+        ),
+        (
+            (
+                "[alerts]\n",
+                ROUTE.format(match='name = "colour", value = "x"', to='"ops"'),
+            ),
+            "alerts.route[0].match[0].name",
+            "one of",
         ),
         (
             ("[alerts]\n", '[alerts]\nfallback = "sms"\n'),
