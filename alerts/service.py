@@ -33,6 +33,7 @@ import msgspec
 
 from alerts.book import AlertBook
 from alerts.incidents import IncidentBook
+from alerts.inhibit import inhibitor
 from alerts.model import Alert, Notification
 from alerts.notify import Notifier
 from alerts.routing import Router
@@ -71,6 +72,8 @@ class AlertStats(msgspec.Struct, frozen=True, kw_only=True):
     resumed: int = 0
     #: Notifications a silence held back (recorded, sent to nobody).
     muted: int = 0
+    #: Notifications held back because another open alert explains them.
+    inhibited: int = 0
 
 
 class _Lane:
@@ -172,6 +175,7 @@ class AlertService:
         self._book_lock = asyncio.Lock()
         self._silences = Silences()
         self._muted = 0
+        self._inhibited = 0
         self._repeat_every = repeat_every
         self._ack_links = ack_links
         self._incidents = incidents if incidents is not None else IncidentBook()
@@ -217,6 +221,7 @@ class AlertService:
             undelivered=sum(lane.pending for lane in self._lanes),
             resumed=self._resumed,
             muted=self._muted,
+            inhibited=self._inhibited,
         )
 
     async def __aenter__(self) -> Self:
@@ -394,10 +399,16 @@ class AlertService:
         if incident is not None:
             n = msgspec.structs.replace(n, incident=incident.id)
         silence = self._silences.covering(n.alert, now_ms=now_ms)
-        if silence is not None:
+        source = None if silence is not None else inhibitor(n.alert, self._book.open_alerts())
+        if silence is not None or source is not None:
             muted = self._book.mute(n.alert.fingerprint) or n.alert
-            self._muted += 1
-            log.debug("%s of %s held back by silence %s", n.event, n.alert.subject, silence.id)
+            if silence is not None:
+                self._muted += 1
+                why = f"silence {silence.id}"
+            else:
+                self._inhibited += 1
+                why = f"{source.rule} {source.subject}"  # type: ignore[union-attr]
+            log.debug("%s of %s held back by %s", n.event, n.alert.subject, why)
             await self._keep("record", self._store_record(muted, None), n.id)
             return
         if self._ack_links is not None and n.alert.state == "firing":
@@ -486,8 +497,13 @@ class AlertService:
         Runs every `tick_every` seconds while the service does."""
         async with self._book_lock:
             now_ms = self._clock.now_ms()
+            opened = self._book.open_alerts()
             due = self._book.unmuted(
-                now_ms, lambda a: self._silences.covering(a, now_ms=now_ms) is not None
+                now_ms,
+                lambda a: (
+                    self._silences.covering(a, now_ms=now_ms) is not None
+                    or inhibitor(a, opened) is not None
+                ),
             )
             if self._repeat_every is not None:
                 due += self._book.reminders(now_ms, every_ms=round(self._repeat_every * 1000))

@@ -208,3 +208,50 @@ def test_matchers_compare_whole_values() -> None:
     assert Matcher("node", "cr-.*", "!~").matches(values)
     with pytest.raises(ValueError, match=r"matcher node=~'wl-\(': missing \)"):
         Matcher("node", "wl-(", "=~")
+
+
+async def test_an_offline_node_holds_back_its_other_alerts_until_it_is_back() -> None:
+    """While the node's presence alert is open, its depth alert is recorded but not paged
+    (the presence page explains it); once the node is back, the depth alert, still open,
+    is announced at the next tick."""
+    clock, ops = ManualClock(T0), Receiver()
+    async with service(ops, clock) as svc:
+        await svc.submit(warn(Level.YELLOW, 0, 1, fp="p", rule="presence.offline"))
+        await svc.submit(warn(Level.ORANGE, 10, 1, fp="d"))
+        await settle(svc)
+        assert svc.stats().inhibited == 1
+        assert await svc.tick() == 0  # still offline: still held back
+        await svc.submit(warn(Level.NONE, 60, 2, fp="p", rule="presence.offline"))
+        await settle(svc)
+        clock.advance(61)
+        assert await svc.tick() == 1
+        await settle(svc)
+    assert [(n.alert.fingerprint, n.event) for n in ops.got] == [
+        ("p", "firing"),
+        ("p", "resolved"),
+        ("d", "repeated"),
+    ]
+
+
+async def test_a_red_area_alert_holds_back_its_members_lesser_alerts() -> None:
+    """With the district at red, a member gauge's orange adds nothing; a gauge that is not
+    a member, or another kind, still pages; a member at red pages too."""
+    from cityvitals.contract import Area, AreaMember
+
+    members = tuple(
+        AreaMember(node=n, level=Level.RED, value=60.0, ts_ms=T0_MS) for n in ("wl-1", "wl-2")
+    )
+    area = Area(scope="district", name="Harbour", members=members, total=4)
+    district = msgspec.structs.replace(
+        warn(Level.RED, 0, 1, fp="area", node="", rule="water_level.district_flooding"),
+        area=area,
+    )
+    clock, ops = ManualClock(T0), Receiver()
+    async with service(ops, clock) as svc:
+        await svc.submit(district)
+        await svc.submit(warn(Level.ORANGE, 1, 1, fp="m1", node="wl-1"))
+        await svc.submit(warn(Level.RED, 1, 1, fp="m2", node="wl-2"))
+        await svc.submit(warn(Level.ORANGE, 1, 1, fp="other", node="wl-7"))
+        await settle(svc)
+    assert [n.alert.fingerprint for n in ops.got] == ["area", "m2", "other"]
+    assert svc.stats().inhibited == 1
