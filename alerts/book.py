@@ -217,6 +217,24 @@ class AlertBook:
             out.append(_notify("repeated", alert.level, reminded, due_ms))
         return out
 
+    def escalate(self, fingerprint: str, *, step: int, due_ms: int) -> Notification | None:
+        """Nobody acknowledged in time: step `step` of the ladder is called in. None if
+        the alert is not firing unacknowledged, or is there already."""
+        current = self._open.get(fingerprint)
+        if current is None or current.state != "firing" or step <= current.escalation:
+            return None
+        self._open[fingerprint] = up = replace(current, escalation=step, notified_ms=due_ms)
+        return _notify("escalated", current.level, up, due_ms)
+
+    def reach(self, fingerprint: str, step: int) -> Alert | None:
+        """Record that the alert has reached `step` without a notification of its own
+        (the steps due when it opens: they get its `firing`)."""
+        current = self._open.get(fingerprint)
+        if current is None or step <= current.escalation:
+            return current
+        self._open[fingerprint] = up = replace(current, escalation=step)
+        return up
+
     def mute(self, fingerprint: str) -> Alert | None:
         """A silence held back a notification of this open alert: remember it, so the
         end of the silence announces it."""

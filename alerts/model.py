@@ -17,8 +17,9 @@ is exactly what a webhook receives, encoded with `cityvitals.contract.encode`:
     ``"firing"`` (a new alert), ``"level_changed"`` (raised or lowered while
     open), ``"acknowledged"`` (someone took it), ``"repeated"`` (a reminder:
     still firing and nobody has acknowledged it, or a silence over it
-    ended) or ``"resolved"`` (the warning cleared, or someone resolved it by
-    hand). Also the
+    ended), ``"escalated"`` (nobody acknowledged it in time: the next step of
+    the escalation ladder is called in) or ``"resolved"`` (the warning
+    cleared, or someone resolved it by hand). Also the
     ``X-Cityvitals-Event`` header. A receiver must accept events it does not
     know (v1 gains them, as it gains fields).
 ``previous``
@@ -49,7 +50,9 @@ is exactly what a webhook receives, encoded with `cityvitals.contract.encode`:
       ``acknowledged_ms`` and ``acknowledged_by``, ``resolved_by`` (a hand
       resolve), ``closed_ms``, when they apply (left out otherwise);
       ``notified_ms``: when it was last announced (a change or a reminder);
-      ``muted`` (only while true, so never in a body sent): a silence holds it.
+      ``muted`` (only while true, so never in a body sent): a silence holds it;
+      ``escalation``: the index of the escalation step last reached (left out
+      before the first).
     - ``value`` (latest, in ``unit``), ``threshold`` (the rule's threshold for
       the current level, or ``null``), ``seq`` (the reading that last changed it).
     - ``area`` (only for a spatial rule's alert, whose ``node`` is ``""``):
@@ -72,7 +75,7 @@ from cityvitals.levels import Level
 SCHEMA_VERSION: Final = 1
 
 State = Literal["firing", "acknowledged", "resolved", "closed"]
-Event = Literal["firing", "level_changed", "acknowledged", "repeated", "resolved"]
+Event = Literal["firing", "level_changed", "acknowledged", "repeated", "escalated", "resolved"]
 #: The states of an alert that is still open (its condition holds, or nobody resolved it).
 OPEN_STATES: Final = ("firing", "acknowledged")
 
@@ -108,6 +111,8 @@ class Alert(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     #: Set while a silence keeps its notifications back; when the silence ends, the
     #: alert is announced at once if still open.
     muted: bool = False
+    #: The escalation ladder's last step reached (`alerts.escalation`); -1: none.
+    escalation: int = -1
 
     @property
     def is_open(self) -> bool:

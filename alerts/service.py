@@ -32,6 +32,7 @@ from typing import Any, Final, Literal, Self
 import msgspec
 
 from alerts.book import AlertBook
+from alerts.escalation import Ladder
 from alerts.incidents import IncidentBook
 from alerts.inhibit import inhibitor
 from alerts.model import Alert, Notification
@@ -95,7 +96,9 @@ class _Lane:
         self.last_attempt: float | None = None
 
 
-def _check_receivers(names: list[str], fallback: str | None, router: Router | None) -> None:
+def _check_receivers(
+    names: list[str], fallback: str | None, router: Router | None, ladder: Ladder | None
+) -> None:
     if len(set(names)) != len(names):
         # Delivery reports are keyed by receiver name; duplicates would be ambiguous.
         raise ValueError(f"notifier names must be unique, got {names}")
@@ -106,6 +109,10 @@ def _check_receivers(names: list[str], fallback: str | None, router: Router | No
         unknown = sorted(named - set(names))
         if unknown:
             raise ValueError(f"routes name receivers that are not configured: {unknown}")
+    if ladder is not None:
+        unknown = sorted({r for step in ladder.steps for r in step.receivers} - set(names))
+        if unknown:
+            raise ValueError(f"escalation steps name receivers not configured: {unknown}")
 
 
 class AlertService:
@@ -150,10 +157,11 @@ class AlertService:
         ack_links: Callable[[Alert], str] | None = None,
         incidents: IncidentBook | None = None,
         router: Router | None = None,
+        ladder: Ladder | None = None,
         tick_every: float = 15.0,
         sleep_ticks: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        _check_receivers([n.name for n in notifiers], fallback, router)
+        _check_receivers([n.name for n in notifiers], fallback, router, ladder)
         if queue_size < 1 or attempts < 1:
             raise ValueError("queue_size and attempts must be at least 1")
         if base_delay < 0 or max_delay < base_delay:
@@ -180,6 +188,7 @@ class AlertService:
         self._ack_links = ack_links
         self._incidents = incidents if incidents is not None else IncidentBook()
         self._router = router
+        self._ladder = ladder
         self._tick_every = tick_every
         self._sleep_ticks = sleep_ticks
         self._clock = clock
@@ -388,31 +397,16 @@ class AlertService:
                 await self._keep("record", self._store_record(after, None), after.fingerprint)
 
     async def _dispatch(self, n: Notification) -> None:
-        """Record one notification and hand it to every regular receiver, unless a
-        silence covers the alert: then it is recorded as held back (`muted`)."""
+        """Record one notification and hand it to the receivers its alert is routed
+        (and escalated) to, unless a silence or an inhibiting alert holds it back: then
+        it is recorded as held back (`muted`)."""
         now_ms = self._clock.now_ms()
-        changed = self._incidents.apply(n)
-        if changed is not None:
-            assert self._store is not None  # noqa: S101 - set in __aenter__
-            await self._keep("incident", self._store.put_incident(changed), changed.id)
-        incident = changed if changed is not None else self._incidents.of(n.alert.fingerprint)
-        if incident is not None:
-            n = msgspec.structs.replace(n, incident=incident.id)
-        silence = self._silences.covering(n.alert, now_ms=now_ms)
-        source = None if silence is not None else inhibitor(n.alert, self._book.open_alerts())
-        if silence is not None or source is not None:
-            muted = self._book.mute(n.alert.fingerprint) or n.alert
-            if silence is not None:
-                self._muted += 1
-                why = f"silence {silence.id}"
-            else:
-                self._inhibited += 1
-                why = f"{source.rule} {source.subject}"  # type: ignore[union-attr]
-            log.debug("%s of %s held back by %s", n.event, n.alert.subject, why)
-            await self._keep("record", self._store_record(muted, None), n.id)
+        n = await self._group(n)
+        if await self._held_back(n, now_ms):
             return
         if self._ack_links is not None and n.alert.state == "firing":
             n = msgspec.structs.replace(n, ack_url=self._ack_links(n.alert))
+        n = self._climb(n, now_ms)
         lanes = self._route(n.alert)
         await self._keep("record", self._store_record(n.alert, n, lanes), n.id)
         self._notifications += 1
@@ -429,10 +423,52 @@ class AlertService:
         for lane in lanes:
             await lane.queue.put(n)  # waits while this receiver is a full queue behind
 
+    async def _group(self, n: Notification) -> Notification:
+        """Fold the change into its incident, and name the incident on it."""
+        changed = self._incidents.apply(n)
+        if changed is not None:
+            assert self._store is not None  # noqa: S101 - set in __aenter__
+            await self._keep("incident", self._store.put_incident(changed), changed.id)
+        incident = changed if changed is not None else self._incidents.of(n.alert.fingerprint)
+        return n if incident is None else msgspec.structs.replace(n, incident=incident.id)
+
+    async def _held_back(self, n: Notification, now_ms: int) -> bool:
+        """Record a notification a silence or an inhibiting alert holds back; False if
+        neither does."""
+        silence = self._silences.covering(n.alert, now_ms=now_ms)
+        source = None if silence is not None else inhibitor(n.alert, self._book.open_alerts())
+        if silence is None and source is None:
+            return False
+        muted = self._book.mute(n.alert.fingerprint) or n.alert
+        if silence is not None:
+            self._muted += 1
+            why = f"silence {silence.id}"
+        else:
+            self._inhibited += 1
+            why = f"{source.rule} {source.subject}"  # type: ignore[union-attr]
+        log.debug("%s of %s held back by %s", n.event, n.alert.subject, why)
+        await self._keep("record", self._store_record(muted, None), n.id)
+        return True
+
+    def _climb(self, n: Notification, now_ms: int) -> Notification:
+        """The escalation steps due by now (the first, at 0 s) hear this change itself."""
+        if self._ladder is None or n.alert.state != "firing":
+            return n
+        step = self._ladder.reached(n.alert, now_ms=now_ms)
+        if step <= n.alert.escalation:
+            return n
+        reached = self._book.reach(n.alert.fingerprint, step)
+        return n if reached is None else msgspec.structs.replace(n, alert=reached)
+
     def _route(self, alert: Alert) -> tuple[_Lane, ...]:
         if self._router is None:
-            return self._regular
-        names = self._router.receivers(alert)
+            # Without routes everyone gets everything, but for those the ladder calls in.
+            laddered = set() if self._ladder is None else self._ladder.named()
+            names = tuple(lane.name for lane in self._regular if lane.name not in laddered)
+        else:
+            names = self._router.receivers(alert)
+        if self._ladder is not None:
+            names += tuple(r for r in self._ladder.receivers(alert) if r not in names)
         return tuple(
             self._by_name[name] for name in names if self._by_name[name] is not self._fallback
         )
@@ -507,9 +543,25 @@ class AlertService:
             )
             if self._repeat_every is not None:
                 due += self._book.reminders(now_ms, every_ms=round(self._repeat_every * 1000))
+            if self._ladder is not None:
+                due += self._escalations(now_ms)
             for n in due:
                 await self._dispatch(n)
             return len(due)
+
+    def _escalations(self, now_ms: int) -> list[Notification]:
+        assert self._ladder is not None  # noqa: S101 - the caller checks
+        out = []
+        for alert in self._book.open_alerts():
+            if alert.state != "firing" or alert.muted:
+                continue
+            step = self._ladder.reached(alert, now_ms=now_ms)
+            if step > alert.escalation:
+                due_ms = self._ladder.due_ms(alert, step)
+                n = self._book.escalate(alert.fingerprint, step=step, due_ms=due_ms)
+                if n is not None:
+                    out.append(n)
+        return out
 
     async def _run_ticks(self) -> None:
         while True:

@@ -167,6 +167,19 @@ class RouteSection(_Section, frozen=True):
     continue_: bool = msgspec.field(default=False, name="continue")
 
 
+class StepSection(_Section, frozen=True):
+    """One step of `[alerts.escalation] steps`: who is called in, how long after."""
+
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    receivers: tuple[str, ...]
+    after_s: Annotated[float, msgspec.Meta(ge=0, le=7 * _DAY)]
+    match: tuple[MatchSection, ...] = ()
+
+
+class EscalationSection(_Section, frozen=True):
+    steps: tuple[StepSection, ...]
+
+
 class AlertsSection(_Section, frozen=True):
     console: bool = True
     webhook: tuple[WebhookSection, ...] = ()
@@ -182,6 +195,7 @@ class AlertsSection(_Section, frozen=True):
     group_window_s: Annotated[float, msgspec.Meta(ge=60, le=7 * _DAY)] = 3600.0
     #: Where alerts go, tried in order; an alert no route takes goes to every receiver.
     route: tuple[RouteSection, ...] = ()
+    escalation: EscalationSection | None = None
     api: AlertsApiSection | None = None
 
 
@@ -337,6 +351,10 @@ class AlertSettings:
     group_window_s: float = 3600.0
     #: (matchers as (name, value, op), receivers, continue) per route, in order.
     routes: tuple[tuple[tuple[tuple[str, str, str], ...], tuple[str, ...], bool], ...] = ()
+    #: (name, receivers, after_s, matchers) per escalation step, in order.
+    escalation: tuple[
+        tuple[str, tuple[str, ...], float, tuple[tuple[str, str, str], ...]], ...
+    ] = ()
     api: AlertsApiSettings | None = None
 
 
@@ -512,6 +530,7 @@ def _alerts(path: Path, section: AlertsSection, data_dir: Path) -> AlertSettings
         group_by=section.group_by,
         group_window_s=section.group_window_s,
         routes=_routes(path, section, [*names, "console"] if section.console else names),
+        escalation=_escalation(path, section, [*names, "console"] if section.console else names),
         api=None if section.api is None else _alerts_api(path, section.api),
     )
 
@@ -545,6 +564,37 @@ def _routes(
                     ) from None  # fmt: skip
         matchers = tuple((m.name, m.value, m.op) for m in route.match)
         out.append((matchers, route.receivers, route.continue_))
+    return tuple(out)
+
+
+def _escalation(
+    path: Path, section: AlertsSection, receivers: list[str]
+) -> tuple[tuple[str, tuple[str, ...], float, tuple[tuple[str, str, str], ...]], ...]:
+    if section.escalation is None:
+        return ()
+    out = []
+    last = 0.0
+    for i, step in enumerate(section.escalation.steps):
+        key = f"alerts.escalation.steps[{i}]"
+        if step.after_s < last:
+            raise ConfigError(
+                path,
+                f"{key}.after_s",
+                f"steps in order: at least {last:g}",
+                found=str(step.after_s),
+            )
+        last = step.after_s
+        if not step.receivers:
+            raise ConfigError(path, f"{key}.receivers", "at least one receiver")
+        for j, name in enumerate(step.receivers):
+            if name not in receivers or name == section.fallback:
+                choices = ", ".join(r for r in receivers if r != section.fallback)
+                raise ConfigError(
+                    path, f"{key}.receivers[{j}]", f"a receiver but the fallback: {choices}",
+                    found=name,
+                )  # fmt: skip
+        matchers = tuple((m.name, m.value, m.op) for m in step.match)
+        out.append((step.name, step.receivers, step.after_s, matchers))
     return tuple(out)
 
 

@@ -24,6 +24,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 
 from alerts.api import AlertsApi, Tokens
+from alerts.escalation import Ladder, Step
 from alerts.incidents import GroupBy, IncidentBook
 from alerts.links import ack_link
 from alerts.model import Alert
@@ -251,6 +252,16 @@ def _ack_links(api: AlertsApiSettings, clock: SystemClock) -> Callable[[Alert], 
     return link
 
 
+def _ladder(a: AlertSettings) -> Ladder | None:
+    if not a.escalation:
+        return None
+    steps = [
+        Step(name, receivers, after_s, tuple(Matcher(*m) for m in matchers))  # type: ignore[arg-type]
+        for name, receivers, after_s, matchers in a.escalation
+    ]
+    return Ladder(steps)
+
+
 def _router(a: AlertSettings, names: list[str]) -> Router | None:
     if not a.routes:
         return None
@@ -316,6 +327,7 @@ class AlertsRole:
                     window_ms=round(a.group_window_s * 1000),
                 ),
                 router=_router(a, [n.name for n in notifiers]),
+                ladder=_ladder(a),
             )
         )
         if a.api is not None:

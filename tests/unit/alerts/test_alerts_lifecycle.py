@@ -255,3 +255,52 @@ async def test_a_red_area_alert_holds_back_its_members_lesser_alerts() -> None:
         await settle(svc)
     assert [n.alert.fingerprint for n in ops.got] == ["area", "m2", "other"]
     assert svc.stats().inhibited == 1
+
+
+async def test_nobody_acknowledging_climbs_the_ladder_until_someone_does() -> None:
+    """Grid duty at once, street duty after 10 min, district after 30, city after an hour:
+    each step is called in (`escalated`) when its time comes, hears the rest of the
+    alert's story, and acknowledging stops the climb; a late tick skips to the step due."""
+    from alerts.escalation import Ladder, Step
+
+    ladder = Ladder(
+        [
+            Step("grid", ("grid",), 0),
+            Step("street", ("street",), 600),
+            Step("district", ("district",), 1800),
+            Step("city", ("city",), 3600),
+        ]
+    )
+    clock = ManualClock(T0)
+    people = {name: Receiver(name) for name in ("grid", "street", "district", "city")}
+    async with AlertService(list(people.values()), clock=clock, ladder=ladder) as svc:
+        await svc.submit(warn(Level.ORANGE, 0, 1))
+        await settle(svc)
+        clock.advance(599)
+        assert await svc.tick() == 0
+        clock.advance(1)
+        assert await svc.tick() == 1
+        clock.advance(1_500)  # 2 100 s: the district step is due (1 800 s)
+        assert await svc.tick() == 1
+        await settle(svc)
+        await svc.acknowledge("fp-1", by="district.officer")
+        clock.advance(7_200)
+        assert await svc.tick() == 0
+        await svc.submit(warn(Level.NONE, 9_300, 2))
+        await settle(svc)
+    assert people["grid"].events() == [
+        ("firing", 0),
+        ("escalated", 600_000),
+        ("escalated", 1_800_000),
+        ("acknowledged", 2_100_000),
+        ("resolved", 9_300_000),
+    ]
+    assert [e for e, _ in people["street"].events()] == [
+        "escalated",
+        "escalated",
+        "acknowledged",
+        "resolved",
+    ]
+    assert [e for e, _ in people["district"].events()] == ["escalated", "acknowledged", "resolved"]
+    assert people["city"].got == []
+    assert people["district"].got[0].alert.escalation == 2

@@ -23,6 +23,7 @@ from cityvitals.levels import Level
 from cityvitals.settings import (
     AlertsApiSection,
     AlertsSection,
+    EscalationSection,
     GatewaySection,
     InfluxSection,
     KafkaSection,
@@ -32,6 +33,7 @@ from cityvitals.settings import (
     RouteSection,
     Settings,
     SettingsFile,
+    StepSection,
     StreamSection,
     WebhookSection,
     WebhookSettings,
@@ -229,6 +231,10 @@ def test_the_deploy_example_loads(tmp_path: Path):
     assert (ding.format, ding.secrets, ding.rate_per_minute) == ("dingtalk", (b"SEC0123",), 20)
     assert s.alerts.webhooks[0].secrets == (b"new-secret", b"old-secret")
     assert s.alerts.fallback == "duty-phone"
+    assert [(name, after) for name, _, after, _ in s.alerts.escalation] == [
+        ("street", 0),
+        ("district", 900),
+    ]
     assert s.alerts.routes == (
         ((("level", "red", "="),), ("ops",), True),
         (
@@ -260,6 +266,8 @@ def test_the_deploy_example_sets_every_key():
         "[[alerts.webhook]]": WebhookSection,
         "[alerts.api]": AlertsApiSection,
         "[[alerts.route]]": RouteSection,
+        "[alerts.escalation]": EscalationSection,
+        "steps = [": StepSection,
         "match = [": MatchSection,
         "[influxdb]": InfluxSection,
     }
@@ -272,6 +280,7 @@ def test_the_deploy_example_sets_every_key():
                 "influxdb",
                 "api",
                 "route",
+                "escalation",
             ):
                 continue  # a table, documented under its own header
             assert f"{name} = " in text, f"{header or 'top level'} {name}"
