@@ -37,6 +37,7 @@ from alerts.store import AlertStore
 from cityvitals.clock import SystemClock
 from cityvitals.contract import decode_warning
 from cityvitals.distributed.topics import ensure_topics, seed_offsets
+from cityvitals.errors import CityvitalsError
 from cityvitals.registry import Registry
 from cityvitals.settings import AlertsApiSettings, AlertSettings, Settings
 from cityvitals.store import EmbeddedStore
@@ -354,7 +355,13 @@ class AlertsRole:
         runner = web.AppRunner(handlers.app(), access_log=None)
         await runner.setup()
         self._stack.push_async_callback(runner.cleanup)
-        await web.TCPSite(runner, api.host, api.port).start()
+        try:
+            await web.TCPSite(runner, api.host, api.port).start()
+        except OSError as exc:
+            # A port taken, an address not ours: say which, as a config error would.
+            raise CityvitalsError(
+                f"alerts API: cannot listen on {api.host}:{api.port} ([alerts.api] listen): {exc}"
+            ) from exc
         log.info("alerts API listening on http://%s:%d", api.host, api.port)
 
     async def _consume(self, consumer: AIOKafkaConsumer) -> None:
