@@ -170,7 +170,9 @@ class AlertsApi:
             ("GET", "/api/v1/alerts/{fingerprint}", self.get_alert),
             ("POST", "/api/v1/alerts/{fingerprint}/acknowledge", self.acknowledge),
             ("POST", "/api/v1/alerts/{fingerprint}/resolve", self.resolve),
+            ("POST", "/api/v1/alerts/{fingerprint}/close", self.close),
             ("GET", "/api/v1/incidents", self.list_incidents),
+            ("GET", "/api/v1/metrics", self.metrics),
             ("GET", "/api/v1/silences", self.list_silences),
             ("POST", "/api/v1/silences", self.create_silence),
             ("DELETE", "/api/v1/silences/{silence_id}", self.expire_silence),
@@ -187,6 +189,8 @@ class AlertsApi:
 
     @_needs("viewer")
     async def list_alerts(self, request: web.Request) -> web.Response:
+        if request.query.get("state") == "resolved":
+            return _json({"alerts": await self.service.resolved_alerts()})
         alerts = self.service.book.open_alerts()
         level = request.query.get("min_level")
         if level is not None:
@@ -213,21 +217,32 @@ class AlertsApi:
     async def resolve(self, request: web.Request) -> web.Response:
         return await self._act(request, self.service.resolve)
 
+    @_needs("operator")
+    async def close(self, request: web.Request) -> web.Response:
+        return await self._act(request, self.service.close, "no resolved alert")
+
     async def _act(
-        self, request: web.Request, act: Callable[..., Awaitable[Alert]]
+        self,
+        request: web.Request,
+        act: Callable[..., Awaitable[Alert]],
+        missing: str = "no open alert",
     ) -> web.Response:
         user = request[_USER]
         fingerprint = request.match_info["fingerprint"]
         try:
             alert = await act(fingerprint, by=user.name)
         except AlertNotFound:
-            raise _error(404, f"no open alert {fingerprint!r}") from None
+            raise _error(404, f"{missing} {fingerprint!r}") from None
         return _json(alert)
 
     @_needs("viewer")
     async def list_incidents(self, request: web.Request) -> web.Response:
         book = self.service.incidents
         return _json({"open": book.open_incidents(), "recent": book.recent()[:100]})
+
+    @_needs("viewer")
+    async def metrics(self, request: web.Request) -> web.Response:
+        return _json({"response": self.service.responses.summary()})
 
     # -- silences ----------------------------------------------------------------
 

@@ -88,7 +88,8 @@ def openapi_document() -> dict[str, Any]:
         "paths": {
             "/api/v1/alerts": {
                 "get": _op(
-                    "The open alerts, oldest first",
+                    "The open alerts, oldest first (state=resolved: the resolved ones not "
+                    "yet closed, newest first)",
                     "viewer",
                     {
                         "200": _json_body(
@@ -137,6 +138,25 @@ def openapi_document() -> dict[str, Any]:
                     "Open incidents (related alerts grouped), and the last 100 resolved",
                     "viewer",
                     {"200": {"description": "incidents"}},
+                )
+            },
+            "/api/v1/metrics": {
+                "get": _op(
+                    "Time to detect, acknowledge and resolve (count, mean, p50, p90, max in "
+                    "seconds) by district, kind and peak level",
+                    "viewer",
+                    {"200": {"description": "the response times"}},
+                )
+            },
+            "/api/v1/alerts/{fingerprint}/close": {
+                "post": _op(
+                    "Close a resolved alert (done with: off the resolved list)",
+                    "operator",
+                    {
+                        "200": _json_body(_ALERT, "the alert, closed"),
+                        "404": {"description": "no resolved alert with this fingerprint"},
+                    },
+                    parameters=fingerprint,
                 )
             },
             "/api/v1/silences": {

@@ -35,6 +35,7 @@ from alerts.book import AlertBook
 from alerts.escalation import Ladder
 from alerts.incidents import IncidentBook
 from alerts.inhibit import inhibitor
+from alerts.metrics import Observation, ResponseTimes, observe
 from alerts.model import Alert, Notification
 from alerts.notify import Notifier
 from alerts.routing import Router
@@ -91,6 +92,7 @@ class _Lane:
         self.failed_deliveries = 0
         self.failed_attempts = 0
         # A receiver may say how fast it takes messages (a chat bot: 20 a minute).
+        self.always = bool(getattr(notifier, "always", False))
         rate = getattr(notifier, "rate_per_minute", None)
         self.min_interval = 60.0 / rate if rate else 0.0
         self.last_attempt: float | None = None
@@ -158,6 +160,7 @@ class AlertService:
         incidents: IncidentBook | None = None,
         router: Router | None = None,
         ladder: Ladder | None = None,
+        on_response: Callable[[Observation], Awaitable[None]] | None = None,
         tick_every: float = 15.0,
         sleep_ticks: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
@@ -189,6 +192,8 @@ class AlertService:
         self._incidents = incidents if incidents is not None else IncidentBook()
         self._router = router
         self._ladder = ladder
+        self._responses = ResponseTimes()
+        self._on_response = on_response
         self._tick_every = tick_every
         self._sleep_ticks = sleep_ticks
         self._clock = clock
@@ -401,6 +406,7 @@ class AlertService:
         (and escalated) to, unless a silence or an inhibiting alert holds it back: then
         it is recorded as held back (`muted`)."""
         now_ms = self._clock.now_ms()
+        await self._measure(n, now_ms)
         n = await self._group(n)
         if await self._held_back(n, now_ms):
             return
@@ -422,6 +428,28 @@ class AlertService:
             lane.pending += 1
         for lane in lanes:
             await lane.queue.put(n)  # waits while this receiver is a full queue behind
+
+    async def _measure(self, n: Notification, now_ms: int) -> None:
+        """Time to detect, acknowledge and resolve, kept and handed to the sink."""
+        a = n.alert
+        if n.event == "firing":
+            o = observe("detect", a, at_ms=now_ms)
+        elif n.event == "acknowledged" and a.acknowledged_ms is not None:
+            o = observe("acknowledge", a, at_ms=a.acknowledged_ms)
+        elif n.event == "resolved" and a.resolved_ms is not None:
+            o = observe("resolve", a, at_ms=a.resolved_ms)
+        else:
+            return
+        self._responses.add(o)
+        if self._on_response is not None:
+            try:
+                await self._on_response(o)
+            except Exception:
+                log.exception("on_response hook failed for %s of %s", o.what, a.subject)
+
+    @property
+    def responses(self) -> ResponseTimes:
+        return self._responses
 
     async def _group(self, n: Notification) -> Notification:
         """Fold the change into its incident, and name the incident on it."""
@@ -469,6 +497,10 @@ class AlertService:
             names = self._router.receivers(alert)
         if self._ladder is not None:
             names += tuple(r for r in self._ladder.receivers(alert) if r not in names)
+        # Receivers that record rather than page (Grafana annotations): every alert.
+        names += tuple(
+            lane.name for lane in self._regular if lane.always and lane.name not in names
+        )
         return tuple(
             self._by_name[name] for name in names if self._by_name[name] is not self._fallback
         )
@@ -482,6 +514,23 @@ class AlertService:
     async def resolve(self, fingerprint: str, *, by: str) -> Alert:
         """Resolve an open alert by hand; `AlertNotFound` if it is not open."""
         return await self._by_hand(fingerprint, by, self._book.resolve)
+
+    async def close(self, fingerprint: str, *, by: str) -> Alert:
+        """Close a resolved alert: done with, off the resolved list. `AlertNotFound` if
+        it is not resolved (an open alert is resolved first)."""
+        assert self._store is not None  # noqa: S101 - set in __aenter__
+        async with self._book_lock:
+            if self._book.get(fingerprint) is not None:
+                raise AlertNotFound(fingerprint)
+            closed = await self._store.close(fingerprint, by=by, now_ms=self._clock.now_ms())
+        if closed is None:
+            raise AlertNotFound(fingerprint)
+        return closed
+
+    async def resolved_alerts(self, *, limit: int = 100) -> list[Alert]:
+        """Resolved alerts not yet closed, newest first."""
+        assert self._store is not None  # noqa: S101 - set in __aenter__
+        return await self._store.resolved(limit=limit)
 
     async def _by_hand(
         self, fingerprint: str, by: str, act: Callable[..., Notification | None]

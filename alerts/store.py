@@ -230,6 +230,14 @@ class AlertStore:
         running service picks them up on its next start (`cityvitals alerts retry`)."""
         return await self._run(_requeue, None if ids is None else tuple(ids))  # type: ignore[no-any-return]
 
+    async def close(self, fingerprint: str, *, by: str, now_ms: int) -> Alert | None:
+        """Close a resolved alert (archived: done with); None if it is not resolved."""
+        return await self._run(_close, fingerprint, by, now_ms)  # type: ignore[no-any-return]
+
+    async def resolved(self, *, limit: int = 100) -> list[Alert]:
+        """Resolved (not yet closed) alerts, newest first."""
+        return await self._run(_resolved_alerts, limit)  # type: ignore[no-any-return]
+
     # -- incidents -------------------------------------------------------------
 
     async def put_incident(self, incident: Incident) -> None:
@@ -371,6 +379,35 @@ def _requeue(db: sqlite3.Connection, ids: tuple[int, ...] | None) -> int:
                 [(i,) for i in ids],
             )
         return cursor.rowcount
+
+
+def _close(db: sqlite3.Connection, fingerprint: str, by: str, now_ms: int) -> Alert | None:
+    with db:
+        db.execute("BEGIN IMMEDIATE")
+        row = db.execute(
+            "SELECT body FROM alerts WHERE fingerprint = ? AND state = 'resolved'", (fingerprint,)
+        ).fetchone()
+        if row is None:
+            return None
+        alert = msgspec.structs.replace(
+            _alert_decoder.decode(row[0]), state="closed", closed_ms=now_ms,
+            resolved_by=_alert_decoder.decode(row[0]).resolved_by or by,
+        )  # fmt: skip
+        db.execute(
+            "UPDATE alerts SET state = 'closed', body = ? WHERE fingerprint = ?",
+            (_encoder.encode(alert), fingerprint),
+        )
+        return alert
+
+
+def _resolved_alerts(db: sqlite3.Connection, limit: int) -> list[Alert]:
+    return [
+        _alert_decoder.decode(body)
+        for (body,) in db.execute(
+            "SELECT body FROM alerts WHERE state = 'resolved' ORDER BY last_ts_ms DESC LIMIT ?",
+            (limit,),
+        )
+    ]
 
 
 def _put_incident(db: sqlite3.Connection, incident: Incident) -> None:

@@ -180,6 +180,14 @@ class EscalationSection(_Section, frozen=True):
     steps: tuple[StepSection, ...]
 
 
+class GrafanaSection(_Section, frozen=True):
+    """The optional `[alerts.grafana]` table: every alert as a Grafana annotation."""
+
+    url: str
+    token_file: str
+    dashboard_uid: str | None = None
+
+
 class AlertsSection(_Section, frozen=True):
     console: bool = True
     webhook: tuple[WebhookSection, ...] = ()
@@ -196,6 +204,7 @@ class AlertsSection(_Section, frozen=True):
     #: Where alerts go, tried in order; an alert no route takes goes to every receiver.
     route: tuple[RouteSection, ...] = ()
     escalation: EscalationSection | None = None
+    grafana: GrafanaSection | None = None
     api: AlertsApiSection | None = None
 
 
@@ -356,6 +365,8 @@ class AlertSettings:
         tuple[str, tuple[str, ...], float, tuple[tuple[str, str, str], ...]], ...
     ] = ()
     api: AlertsApiSettings | None = None
+    #: (url, token, dashboard uid) of the Grafana that gets every alert as an annotation.
+    grafana: tuple[str, str, str | None] | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -532,7 +543,21 @@ def _alerts(path: Path, section: AlertsSection, data_dir: Path) -> AlertSettings
         routes=_routes(path, section, [*names, "console"] if section.console else names),
         escalation=_escalation(path, section, [*names, "console"] if section.console else names),
         api=None if section.api is None else _alerts_api(path, section.api),
+        grafana=None if section.grafana is None else _grafana(path, section.grafana),
     )
+
+
+def _grafana(path: Path, section: GrafanaSection) -> tuple[str, str, str | None]:
+    if not _is_http_url(section.url):
+        raise ConfigError(
+            path, "alerts.grafana.url", "an http(s) URL with a host", found=section.url
+        )
+    token = read_file(path, "alerts.grafana.token_file", section.token_file).strip()
+    if not token:
+        raise ConfigError(
+            path, "alerts.grafana.token_file", "a file holding a Grafana service account token"
+        )
+    return section.url, token, section.dashboard_uid
 
 
 def _routes(

@@ -13,6 +13,7 @@ process (its alert book is in memory until the alert-dispatch issue).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Callable, Collection
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -23,10 +24,12 @@ from typing import Self, cast
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 
+from alerts.annotations import GrafanaAnnotations
 from alerts.api import AlertsApi, Tokens
 from alerts.escalation import Ladder, Step
 from alerts.incidents import GroupBy, IncidentBook
 from alerts.links import ack_link
+from alerts.metrics import Observation
 from alerts.model import Alert
 from alerts.notify import ConsoleNotifier, Notifier
 from alerts.receivers import receiver
@@ -313,8 +316,30 @@ class AlertsRole:
 
             session = await self._stack.enter_async_context(aiohttp.ClientSession())
             notifiers += [receiver(w, session) for w in a.webhooks]
+        if a.grafana is not None:
+            url, token, dashboard = a.grafana
+            notifiers.append(
+                await self._stack.enter_async_context(
+                    GrafanaAnnotations(url, token, dashboard_uid=dashboard)
+                )
+            )
         store = await self._stack.enter_async_context(AlertStore(a.store_path))
         clock = SystemClock()
+        on_response = None
+        if self.settings.influxdb is not None:
+            # Response times go to InfluxDB for the dashboards, through a spool of
+            # this role's own (the stream workers' is theirs).
+            spool = self.settings.influxdb.spool_path
+            own = dataclasses.replace(
+                self.settings.influxdb,
+                spool_path=spool.with_name(f"{spool.stem}-alerts{spool.suffix}"),
+            )
+            influx = await self._stack.enter_async_context(InfluxSink.from_settings(own))
+
+            async def on_response(o: Observation) -> None:
+                await influx.write_response(o)
+                await influx.flush()
+
         self.service = await self._stack.enter_async_context(
             AlertService(
                 notifiers,
@@ -329,6 +354,7 @@ class AlertsRole:
                 ),
                 router=_router(a, [n.name for n in notifiers]),
                 ladder=_ladder(a),
+                on_response=on_response,
             )
         )
         if a.api is not None:

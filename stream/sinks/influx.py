@@ -79,10 +79,11 @@ from cityvitals.clock import Clock, SystemClock
 from cityvitals.contract import Placement, Reading, Warning
 from cityvitals.store import StoreError
 from cityvitals.tasks import cancel_and_wait, notify
-from stream.sinks.points import reading_line, score_line, warning_line
+from stream.sinks.points import reading_line, response_line, score_line, warning_line
 from stream.sinks.spool import Chunk, DeadBatch, Spool, SpoolTotals
 
 if TYPE_CHECKING:
+    from alerts.metrics import Observation
     from cityvitals.settings import InfluxSettings
 
 __all__ = [
@@ -317,6 +318,10 @@ class InfluxSink:
     ) -> None:
         """The anomaly score of one metric of `reading`, and the detector that gave it."""
         await self._add(score_line(reading, placement, metric, score, worst))
+
+    async def write_response(self, o: Observation) -> None:
+        """One alert response time (the alerts role's, `alerts.metrics`)."""
+        await self._add(response_line(o))
 
     async def _add(self, text: str) -> None:
         self._check_open()

@@ -45,11 +45,16 @@ import math
 import re
 from collections.abc import Mapping
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 from cityvitals.contract import Placement, Reading, Warning
 
+if TYPE_CHECKING:
+    from alerts.metrics import Observation
+
 __all__ = [
     "READING",
+    "RESPONSE",
     "SCORE",
     "WARNING",
     "FieldValue",
@@ -58,6 +63,7 @@ __all__ = [
     "field_value",
     "line",
     "reading_line",
+    "response_line",
     "score_line",
     "string_field",
     "warning_line",
@@ -66,6 +72,7 @@ __all__ = [
 READING = "reading"
 WARNING = "warning"
 SCORE = "score"
+RESPONSE = "response"
 
 FieldValue = float | int | str | bool
 
@@ -202,6 +209,23 @@ def warning_line(warning: Warning) -> str:
         fields["lat"] = warning.placement.lat
         fields["lon"] = warning.placement.lon
     return line(WARNING, tags, fields, warning.ts_ms)
+
+
+def response_line(o: Observation) -> str:
+    """The `response` point of one alert response: how long it took to be detected,
+    acknowledged or resolved (`alerts.metrics`)."""
+    tags = {
+        "what": o.what,
+        "rule": o.rule,
+        "kind": o.kind,
+        "level": o.level,
+        "district": o.district,
+        "street": o.street,
+        "grid": o.grid,
+        "unit": o.unit,
+    }
+    fields: dict[str, FieldValue] = {"seconds": o.seconds, "fingerprint": o.fingerprint}
+    return line(RESPONSE, tags, fields, o.at_ms)
 
 
 def score_line(

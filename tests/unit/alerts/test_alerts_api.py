@@ -275,3 +275,40 @@ async def test_a_notification_carries_a_link_that_acknowledges_its_alert() -> No
         ("firing", False),
         ("acknowledged", True),
     ]
+
+
+async def test_response_metrics_are_served_to_viewers(api) -> None:
+    client, _, _ = api
+    await client.post("/api/v1/alerts/fp-1/acknowledge", headers=auth("operator"))
+    answer = await client.get("/api/v1/metrics", headers=auth("viewer"))
+    assert answer.status == 200
+    rows = (await answer.json())["response"]
+    assert {(r["what"], r["district"], r["kind"], r["level"], r["count"]) for r in rows} == {
+        ("detect", "Harbour", "water_level", "orange", 1),
+        ("acknowledge", "Harbour", "water_level", "orange", 1),
+    }
+    assert (await client.get("/api/v1/metrics")).status == 401
+
+
+async def test_a_resolved_alert_is_listed_then_closed(api) -> None:
+    """Resolved by hand, the alert is on the resolved list; closing it takes it off (and an
+    open alert, or one closed already, cannot be closed: 404)."""
+    client, _, _ = api
+    assert (await client.post("/api/v1/alerts/fp-1/close", headers=auth("operator"))).status == 404
+    await client.post("/api/v1/alerts/fp-1/resolve", headers=auth("operator"))
+    listed = await (
+        await client.get("/api/v1/alerts?state=resolved", headers=auth("viewer"))
+    ).json()
+    assert [a["fingerprint"] for a in listed["alerts"]] == ["fp-1"]
+    assert (await client.post("/api/v1/alerts/fp-1/close", headers=auth("viewer"))).status == 403
+    closed = await client.post("/api/v1/alerts/fp-1/close", headers=auth("operator"))
+    assert closed.status == 200
+    body = await closed.json()
+    assert (body["state"], body["resolved_by"]) == ("closed", "operator-person")
+    again = await client.post("/api/v1/alerts/fp-1/close", headers=auth("operator"))
+    assert again.status == 404
+    assert "no resolved alert 'fp-1'" in (await again.json())["error"]
+    listed = await (
+        await client.get("/api/v1/alerts?state=resolved", headers=auth("viewer"))
+    ).json()
+    assert listed["alerts"] == []

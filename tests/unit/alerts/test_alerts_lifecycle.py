@@ -304,3 +304,36 @@ async def test_nobody_acknowledging_climbs_the_ladder_until_someone_does() -> No
     assert [e for e, _ in people["district"].events()] == ["escalated", "acknowledged", "resolved"]
     assert people["city"].got == []
     assert people["district"].got[0].alert.escalation == 2
+
+
+async def test_response_times_are_measured_from_the_alerts_start() -> None:
+    """Detected when recorded, acknowledged and resolved by hand: each is measured from
+    the reading that raised the alert, kept by district, kind and peak level, and handed
+    to the sink hook."""
+    from alerts.metrics import Observation
+
+    seen: list[Observation] = []
+
+    async def sink(o: Observation) -> None:
+        seen.append(o)
+
+    clock = ManualClock(T0 + 5)  # the alert is recorded 5 s after its reading
+    async with service(Receiver(), clock, on_response=sink) as svc:
+        await svc.submit(warn(Level.RED, 0, 1))
+        await settle(svc)
+        clock.advance(115)
+        await svc.acknowledge("fp-1", by="li.wei")
+        clock.advance(480)
+        await svc.resolve("fp-1", by="li.wei")
+        await settle(svc)
+        rows = svc.responses.summary()
+    assert [(o.what, o.seconds, o.level, o.district) for o in seen] == [
+        ("detect", 5.0, "red", "Harbour"),
+        ("acknowledge", 120.0, "red", "Harbour"),
+        ("resolve", 600.0, "red", "Harbour"),
+    ]
+    assert [(r["what"], r["count"], r["max_s"]) for r in rows] == [
+        ("acknowledge", 1, 120.0),
+        ("detect", 1, 5.0),
+        ("resolve", 1, 600.0),
+    ]

@@ -25,6 +25,7 @@ from cityvitals.settings import (
     AlertsSection,
     EscalationSection,
     GatewaySection,
+    GrafanaSection,
     InfluxSection,
     KafkaSection,
     MatchSection,
@@ -216,6 +217,7 @@ def test_the_deploy_example_loads(tmp_path: Path):
     (tmp_path / "harbour-dingtalk.secret").write_text("SEC0123\n")
     (tmp_path / "alerts-api.tokens").write_text("o" * 32 + " operator li.wei\n")
     (tmp_path / "ack-links.secret").write_text("a-long-enough-link-secret\n")
+    (tmp_path / "grafana.token").write_text("glsa_example\n")
     result = CliRunner().invoke(
         main, ["city", "generate", "--nodes", "20", "--out", str(tmp_path / "city.csv")]
     )
@@ -247,6 +249,11 @@ def test_the_deploy_example_loads(tmp_path: Path):
     assert s.alerts.api is not None
     assert (s.alerts.api.host, s.alerts.api.port) == ("0.0.0.0", 9094)  # noqa: S104 - the example
     assert s.alerts.api.link_secret == b"a-long-enough-link-secret"
+    assert s.alerts.grafana == (
+        "https://grafana.city.example",
+        "glsa_example",
+        "cityvitals-overview",
+    )
     assert s.influxdb is not None
     assert s.influxdb.token == "example-token"
     assert s.influxdb.spool_path == Path("/var/lib/cityvitals/influx-spool.sqlite3")
@@ -267,6 +274,7 @@ def test_the_deploy_example_sets_every_key():
         "[alerts.api]": AlertsApiSection,
         "[[alerts.route]]": RouteSection,
         "[alerts.escalation]": EscalationSection,
+        "[alerts.grafana]": GrafanaSection,
         "steps = [": StepSection,
         "match = [": MatchSection,
         "[influxdb]": InfluxSection,
@@ -281,6 +289,7 @@ def test_the_deploy_example_sets_every_key():
                 "api",
                 "route",
                 "escalation",
+                "grafana",
             ):
                 continue  # a table, documented under its own header
             assert f"{name} = " in text, f"{header or 'top level'} {name}"

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from alerts.metrics import Observation
 from cityvitals.contract import Placement, Reading, Warning
 from cityvitals.kinds import Kind
 from cityvitals.levels import Level
@@ -19,6 +20,7 @@ from stream.sinks.points import (
     field_value,
     line,
     reading_line,
+    response_line,
     score_line,
     string_field,
     warning_line,
@@ -231,6 +233,28 @@ def test_a_score_point():
         {"anomaly_score": 0.9975, "worst": "robust"},
         TS,
     )
+
+
+def test_a_response_point():
+    """`response`: what (detect, acknowledge, resolve), rule, kind, peak level and placement
+    as tags; the seconds it took and the alert's fingerprint; the time it happened."""
+    o = Observation(
+        what="acknowledge",
+        fingerprint="3f2a",
+        rule="water_level.depth",
+        kind="water_level",
+        level="red",
+        seconds=120.5,
+        at_ms=TS + 1,
+        **PLACE_TAGS,
+    )
+    assert decode(response_line(o)) == (
+        "response",
+        {"what": "acknowledge", "rule": "water_level.depth", "kind": "water_level",
+         "level": "red", **PLACE_TAGS},
+        {"seconds": 120.5, "fingerprint": "3f2a"},
+        TS + 1,
+    )  # fmt: skip
 
 
 def test_non_finite_floats_are_left_out():
