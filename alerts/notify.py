@@ -147,6 +147,7 @@ class WebhookNotifier:
         name: str = "webhook",
         secrets: Sequence[bytes] = (),
         rate_per_minute: float | None = None,
+        concurrency: int = 1,
         now_s: Callable[[], float] = time.time,
     ) -> None:
         parsed = yarl.URL(url)
@@ -165,6 +166,8 @@ class WebhookNotifier:
         self._now_s = now_s
         #: Messages a minute the receiver takes; None: as fast as it answers.
         self.rate_per_minute = rate_per_minute
+        #: Requests at once (different alerts; one alert's go one at a time, in order).
+        self.concurrency = concurrency
 
     async def send(self, n: Notification) -> None:
         body = encode(n)

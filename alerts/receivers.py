@@ -23,6 +23,7 @@ def receiver(settings: WebhookSettings, session: aiohttp.ClientSession) -> Notif
             name=settings.name,
             secrets=settings.secrets,
             rate_per_minute=settings.rate_per_minute,
+            concurrency=settings.concurrency,
         )
     secret = settings.secrets[0].decode() if settings.secrets else None
     return ChatNotifier(

@@ -23,7 +23,7 @@ import asyncio
 import logging
 import random
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 from types import TracebackType
@@ -93,6 +93,10 @@ class _Lane:
         self.failed_attempts = 0
         # A receiver may say how fast it takes messages (a chat bot: 20 a minute).
         self.always = bool(getattr(notifier, "always", False))
+        #: Deliveries at once (a receiver may say: `concurrency`); per alert, one at a time.
+        self.concurrency = max(1, int(getattr(notifier, "concurrency", 1) or 1))
+        #: The alerts a worker is delivering now, each with what waits behind it.
+        self.busy: dict[str, deque[Notification]] = {}
         rate = getattr(notifier, "rate_per_minute", None)
         self.min_interval = 60.0 / rate if rate else 0.0
         self.last_attempt: float | None = None
@@ -257,8 +261,9 @@ class AlertService:
         self._applied.clear()
         book = asyncio.create_task(self._run_book(), name="alerts-book")
         lanes = [
-            asyncio.create_task(self._run_lane(lane), name=f"alerts-lane-{lane.name}")
+            asyncio.create_task(self._run_lane(lane), name=f"alerts-lane-{lane.name}-{i}")
             for lane in self._lanes
+            for i in range(lane.concurrency)
         ]
         ticks = asyncio.create_task(self._run_ticks(), name="alerts-ticks")
         self._workers = (book, ticks, *lanes)
@@ -647,17 +652,33 @@ class AlertService:
             self._store_failing.discard(what)
 
     async def _run_lane(self, lane: _Lane) -> None:
+        """One of a lane's `concurrency` workers. An alert's notifications still go out
+        one at a time, in order: a worker that takes one of an alert another worker is
+        delivering leaves it to that worker (after the one in hand) and takes the next,
+        so a busy alert holds up nobody else."""
         while True:
             n = await lane.queue.get()
-            try:
-                await self._deliver(n, lane)
-            except Exception:
-                log.exception("delivery lane %s failed on notification %s", lane.name, n.id)
-            finally:
-                lane.queue.task_done()
-            # Not in `finally`: a notification interrupted by shutdown stays undelivered.
-            lane.pending -= 1
-            self._update_idle()
+            fp = n.alert.fingerprint
+            behind = lane.busy.get(fp)
+            if behind is not None:
+                behind.append(n)
+                continue
+            lane.busy[fp] = behind = deque()
+            current: Notification | None = n
+            while current is not None:
+                try:
+                    await self._deliver(current, lane)
+                except Exception:
+                    log.exception(
+                        "delivery lane %s failed on notification %s", lane.name, current.id
+                    )
+                finally:
+                    lane.queue.task_done()
+                # Not in `finally`: a notification interrupted by shutdown stays undelivered.
+                lane.pending -= 1
+                self._update_idle()
+                current = behind.popleft() if behind else None
+            del lane.busy[fp]
 
     async def _deliver(self, n: Notification, lane: _Lane) -> None:
         started_wall = self._clock.now()

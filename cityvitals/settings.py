@@ -137,6 +137,8 @@ class WebhookSection(_Section, frozen=True):
     format: Literal["json", "slack", "dingtalk", "wecom", "feishu"] = "json"
     #: How many messages a minute the receiver takes (chat bots: 20).
     rate_per_minute: Annotated[float, msgspec.Meta(gt=0, le=100_000)] | None = None
+    #: Requests in flight at once (different alerts; one alert's stay in order).
+    concurrency: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
 
 
 class AlertsApiSection(_Section, frozen=True):
@@ -336,6 +338,7 @@ class WebhookSettings:
     secrets: tuple[bytes, ...] = field(default=(), repr=False)
     format: str = "json"
     rate_per_minute: float | None = None
+    concurrency: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -696,7 +699,13 @@ def _webhooks(path: Path, sections: tuple[WebhookSection, ...]) -> tuple[Webhook
                 )
         hooks.append(
             WebhookSettings(
-                hook.name, hook.url, hook.timeout_s, secrets, hook.format, hook.rate_per_minute
+                hook.name,
+                hook.url,
+                hook.timeout_s,
+                secrets,
+                hook.format,
+                hook.rate_per_minute,
+                hook.concurrency,
             )
         )
     return tuple(hooks)

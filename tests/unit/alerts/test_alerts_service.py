@@ -528,3 +528,41 @@ async def test_a_rate_limited_receiver_is_paced() -> None:
         await asyncio.wait_for(svc.drain(), WAIT)
     assert len(bot.delivered) == len(other.delivered) == 4
     assert slept == [3.0, 3.0, 3.0]
+
+
+async def test_a_receiver_takes_several_alerts_at_once_but_each_alerts_in_order() -> None:
+    """With concurrency 3, three different alerts are in flight together (not more); the
+    second change of one alert waits for its first, whatever the other workers do."""
+
+    class Slow:
+        name = "ops"
+        concurrency = 3
+
+        def __init__(self) -> None:
+            self.now = 0
+            self.most = 0
+            self.log: list[tuple[str, str]] = []
+            self.release = asyncio.Event()
+
+        async def send(self, n: Notification) -> None:
+            self.now += 1
+            self.most = max(self.most, self.now)
+            self.log.append((n.alert.fingerprint, n.event))
+            await self.release.wait()
+            self.now -= 1
+
+    slow = Slow()
+    async with AlertService([slow], clock=ManualClock(0.0)) as svc:
+        await svc.submit(warning(Level.ORANGE, fp="a", ts_ms=1, seq=1))
+        await svc.submit(warning(Level.RED, fp="a", ts_ms=2, seq=2))
+        for fp in ("b", "c", "d"):
+            await svc.submit(warning(Level.ORANGE, fp=fp, ts_ms=1, seq=1))
+        await asyncio.wait_for(svc.recorded(), WAIT)
+        await wait_until(lambda: slow.now == 3, "three in flight")
+        assert ("a", "level_changed") not in slow.log  # a's first is still in flight
+        slow.release.set()
+        await asyncio.wait_for(svc.drain(), WAIT)
+    assert slow.most == 3
+    a = [event for fp, event in slow.log if fp == "a"]
+    assert a == ["firing", "level_changed"]
+    assert sorted(fp for fp, _ in slow.log) == ["a", "a", "b", "c", "d"]
