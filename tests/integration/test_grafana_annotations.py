@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +19,7 @@ from alerts.service import AlertService
 from cityvitals.clock import ManualClock
 from cityvitals.levels import Level
 from tests.factories import make_warning
+from tests.integration.http_support import serve_app
 
 pytestmark = pytest.mark.integration
 
@@ -59,21 +59,12 @@ class FakeGrafana:
         return web.json_response({"message": "Annotation patched"})
 
 
-@contextlib.asynccontextmanager
-async def fake_grafana(grafana: FakeGrafana) -> AsyncIterator[str]:
+def fake_grafana(grafana: FakeGrafana) -> contextlib.AbstractAsyncContextManager[str]:
     app = web.Application()
     app.router.add_get("/api/annotations", grafana.handle)
     app.router.add_post("/api/annotations", grafana.handle)
     app.router.add_patch("/api/annotations/{id}", grafana.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        await runner.cleanup()
+    return serve_app(app)
 
 
 async def test_each_alert_is_one_region_annotation_however_often_it_is_sent() -> None:

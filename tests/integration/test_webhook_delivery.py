@@ -33,6 +33,7 @@ from alerts.store import AlertStore
 from cityvitals.clock import ManualClock
 from cityvitals.levels import Level
 from tests.factories import PLACE, make_warning
+from tests.integration.http_support import serve_app
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
@@ -78,15 +79,8 @@ async def serving(handler: Callable[[web.Request], Awaitable[web.Response]]) -> 
     """A real HTTP server on 127.0.0.1 with `handler` at /hook; yields its URL."""
     app = web.Application()
     app.router.add_post("/hook", handler)
-    runner = web.AppRunner(app, shutdown_timeout=1.0)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    try:
-        yield f"http://{host}:{port}/hook"
-    finally:
-        await runner.cleanup()
+    async with serve_app(app) as base:
+        yield f"{base}/hook"
 
 
 @pytest.fixture
