@@ -5,16 +5,22 @@
         ...
         await alerts.drain()              # everything so far processed and delivered
 
-The book worker takes warnings in order, folds each into the `AlertBook` and
-puts the resulting notification on every receiver's own bounded queue (its
-"lane"). Each lane has its own worker that delivers its queue in order, with
-retries, so a receiver never sees "resolved" before the "firing" it resolves,
-and a slow or hung receiver delays only itself. Nothing is dropped on the way
-in: a full warning queue makes `submit` wait, and a full lane makes the book
-worker wait (so a receiver stuck for `queue_size` notifications does, in the
-end, hold up the others: backpressure instead of unbounded memory). What a
-receiver refuses is given up after `attempts` tries or `give_up_after`
-seconds, counted failed and reported.
+The book worker takes warnings in order and folds each into the `AlertBook`;
+each notification that causes then goes, in `_dispatch`, through the pieces
+in turn: its incident (`alerts.incidents`), a silence or an inhibiting alert
+that may hold it back (`alerts.silences`, `alerts.inhibit`), its routes and
+escalation steps (`alerts.routing`, `alerts.escalation`), the outbox
+(`alerts.store`, before anything is sent) and the receivers' own bounded
+queues (their "lanes"). A lane's workers deliver with retries, each alert's
+notifications in order, so a receiver never sees "resolved" before the
+"firing" it resolves, and a slow or hung receiver delays only itself.
+Nothing is dropped on the way in: a full warning queue makes `submit` wait,
+and a full lane makes the book worker wait (backpressure instead of
+unbounded memory). What a receiver refuses is given up after `attempts`
+tries or `give_up_after` seconds, kept as a dead letter and reported. A
+tick (`tick_every`) sends reminders and escalations and announces what a
+silence or an inhibition stopped holding back; acknowledging, resolving
+and silencing by hand go through the same path.
 """
 
 from __future__ import annotations
