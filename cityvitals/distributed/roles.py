@@ -277,7 +277,9 @@ def _router(a: AlertSettings, names: list[str]) -> Router | None:
         )
         for matchers, receivers, more in a.routes
     ]
-    return Router(routes, default=[n for n in names if n != a.fallback])
+    # As without routes: the fallback and those only the ladder calls in are not defaults.
+    laddered = {r for _, receivers, _, _ in a.escalation for r in receivers}
+    return Router(routes, default=[n for n in names if n != a.fallback and n not in laddered])
 
 
 class AlertsRole:
