@@ -62,3 +62,17 @@ async def test_notifications_follow_their_routes_and_the_peak_level() -> None:
 def test_routes_naming_unknown_receivers_are_refused() -> None:
     with pytest.raises(ValueError, match=r"not configured: \['city-ops', 'fire', 'harbour-duty'\]"):
         AlertService([Receiver("ops")], clock=ManualClock(0.0), router=ROUTER)
+
+
+def test_the_roles_router_leaves_the_fallback_and_ladder_receivers_out_of_the_default() -> None:
+    from cityvitals.distributed.roles import _router
+    from cityvitals.settings import AlertSettings
+
+    settings = AlertSettings(
+        fallback="sms",
+        routes=(((("district", "Harbour", "="),), ("harbour",), False),),
+        escalation=(("district", ("district-duty",), 900.0, ()),),
+    )
+    router = _router(settings, ["ops", "harbour", "district-duty", "sms"])
+    assert router is not None
+    assert router.default == ("ops", "harbour")
