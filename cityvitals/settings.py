@@ -571,27 +571,8 @@ def _routes(
         key = f"alerts.route[{i}]"
         if not route.match:
             raise ConfigError(path, f"{key}.match", "at least one matcher")
-        if not route.receivers:
-            raise ConfigError(path, f"{key}.receivers", "at least one receiver")
-        for j, name in enumerate(route.receivers):
-            if name not in receivers or name == section.fallback:
-                raise ConfigError(
-                    path,
-                    f"{key}.receivers[{j}]",
-                    f"a receiver: {', '.join(r for r in receivers if r != section.fallback)}",
-                    found=name,
-                )
-        for j, m in enumerate(route.match):
-            if m.op in ("=~", "!~"):
-                try:
-                    re.compile(m.value)
-                except re.error as exc:
-                    raise ConfigError(
-                        path, f"{key}.match[{j}].value", f"a regular expression ({exc})",
-                        found=m.value,
-                    ) from None  # fmt: skip
-        matchers = tuple((m.name, m.value, m.op) for m in route.match)
-        out.append((matchers, route.receivers, route.continue_))
+        names = _receivers_of(path, key, route.receivers, receivers, section.fallback)
+        out.append((_matchers_of(path, key, route.match), names, route.continue_))
     return tuple(out)
 
 
@@ -612,18 +593,41 @@ def _escalation(
                 found=str(step.after_s),
             )
         last = step.after_s
-        if not step.receivers:
-            raise ConfigError(path, f"{key}.receivers", "at least one receiver")
-        for j, name in enumerate(step.receivers):
-            if name not in receivers or name == section.fallback:
-                choices = ", ".join(r for r in receivers if r != section.fallback)
-                raise ConfigError(
-                    path, f"{key}.receivers[{j}]", f"a receiver but the fallback: {choices}",
-                    found=name,
-                )  # fmt: skip
-        matchers = tuple((m.name, m.value, m.op) for m in step.match)
-        out.append((step.name, step.receivers, step.after_s, matchers))
+        names = _receivers_of(path, key, step.receivers, receivers, section.fallback)
+        out.append((step.name, names, step.after_s, _matchers_of(path, key, step.match)))
     return tuple(out)
+
+
+def _receivers_of(
+    path: Path, key: str, named: tuple[str, ...], receivers: list[str], fallback: str | None
+) -> tuple[str, ...]:
+    """`named` (a route's or a step's receivers), each a configured one but the fallback
+    (it gets only what another gave up on)."""
+    if not named:
+        raise ConfigError(path, f"{key}.receivers", "at least one receiver")
+    choices = [r for r in receivers if r != fallback]
+    for j, name in enumerate(named):
+        if name not in choices:
+            raise ConfigError(
+                path, f"{key}.receivers[{j}]", f"a receiver: {', '.join(choices)}", found=name
+            )
+    return named
+
+
+def _matchers_of(
+    path: Path, key: str, match: tuple[MatchSection, ...]
+) -> tuple[tuple[str, str, str], ...]:
+    """A route's or a step's matchers as (name, value, op); a regular expression that does
+    not compile is an error here, not when the alerts role starts."""
+    for j, m in enumerate(match):
+        if m.op in ("=~", "!~"):
+            try:
+                re.compile(m.value)
+            except re.error as exc:
+                raise ConfigError(
+                    path, f"{key}.match[{j}].value", f"a regular expression ({exc})", found=m.value
+                ) from None
+    return tuple((m.name, m.value, m.op) for m in match)
 
 
 def _alerts_api(path: Path, section: AlertsApiSection) -> AlertsApiSettings:

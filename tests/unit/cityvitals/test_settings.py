@@ -295,6 +295,9 @@ def test_the_deploy_example_sets_every_key():
             assert f"{name} = " in text, f"{header or 'top level'} {name}"
 
 
+BAD_REGEX = '{ name = "node", value = "(", op = "=~" }'
+#: An escalation ladder of one step, put before [alerts].
+LADDER = '[alerts.escalation]\nsteps = [{{ name = "street", {step} }}]\n\n[alerts]\n'
 #: A route table put before [alerts] (TOML takes a table's parts in any order).
 ROUTE = "[[alerts.route]]\nmatch = [{{ {match} }}]\nreceivers = [{to}]\n\n[alerts]\n"
 
@@ -401,6 +404,19 @@ ROUTE = "[[alerts.route]]\nmatch = [{{ {match} }}]\nreceivers = [{to}]\n\n[alert
             ),
             "alerts.route[0].match[0].name",
             "one of",
+        ),
+        (
+            (
+                "[alerts]\n",
+                LADDER.format(step=f'receivers = ["ops"], after_s = 0, match = [{BAD_REGEX}]'),
+            ),
+            "alerts.escalation.steps[0].match[0].value",
+            "a regular expression (missing ), unterminated subpattern",
+        ),
+        (
+            ("[alerts]\n", LADDER.format(step='receivers = ["pager"], after_s = 0')),
+            "alerts.escalation.steps[0].receivers[0]",
+            "a receiver: ops, fire, found 'pager'",
         ),
         (
             ("[alerts]\n", '[alerts]\nfallback = "sms"\n'),
