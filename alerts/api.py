@@ -35,13 +35,12 @@ from alerts.links import LinkError, check_ack
 from alerts.model import Alert
 from alerts.openapi import openapi_document
 from alerts.service import AlertNotFound, AlertService
-from alerts.silences import LABELS, Matcher, Silence
+from alerts.silences import LABELS, OPS, Matcher, Silence
 from cityvitals.errors import ConfigError
 from cityvitals.levels import Level
 
 __all__ = ["ROLES", "AlertsApi", "ApiUser", "Tokens"]
 
-_OPS: Final = frozenset(("=", "!=", "=~", "!~"))
 
 log = logging.getLogger(__name__)
 
@@ -268,11 +267,11 @@ class AlertsApi:
         else:
             raise _error(400, "give ends_ms or duration_s (one of them)", field="ends_ms")
         for i, m in enumerate(body.matchers):
-            if m.name not in LABELS or m.op not in _OPS:
+            if m.name not in LABELS or m.op not in OPS:
                 raise _error(
                     400,
                     f"matchers[{i}]: name one of {', '.join(LABELS)} and op one of "
-                    f"{', '.join(sorted(_OPS))}, not {m.name!r} {m.op!r}",
+                    f"{', '.join(sorted(OPS))}, not {m.name!r} {m.op!r}",
                     field=f"matchers[{i}]",
                 )
         try:

@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 
 from alerts.model import Alert
-from alerts.silences import LABELS, Silence
+from alerts.silences import LABELS, OPS, Silence
 
 __all__ = ["openapi_document"]
 
@@ -59,7 +59,7 @@ _SILENCE_REQUEST = {
                 "properties": {
                     "name": {"enum": list(LABELS)},
                     "value": {"type": "string"},
-                    "op": {"enum": ["=", "!=", "=~", "!~"], "default": "="},
+                    "op": {"enum": list(OPS), "default": "="},
                 },
             },
         },

@@ -127,6 +127,13 @@ def _check_receivers(
             raise ValueError(f"escalation steps name receivers not configured: {unknown}")
 
 
+def _everyone(regular: Sequence[_Lane], ladder: Ladder | None) -> Router:
+    """The router without routes: everyone gets everything but the fallback (not in
+    `regular`) and those only the ladder calls in."""
+    laddered = set() if ladder is None else ladder.named()
+    return Router((), default=[lane.name for lane in regular if lane.name not in laddered])
+
+
 class AlertService:
     """Turns submitted warnings into alerts and delivers their notifications.
 
@@ -200,7 +207,7 @@ class AlertService:
         self._repeat_every = repeat_every
         self._ack_links = ack_links
         self._incidents = incidents if incidents is not None else IncidentBook()
-        self._router = router
+        self._router = router or _everyone(self._regular, ladder)
         self._ladder = ladder
         self._responses = ResponseTimes()
         self._on_response = on_response
@@ -500,12 +507,7 @@ class AlertService:
         return n if reached is None else msgspec.structs.replace(n, alert=reached)
 
     def _route(self, alert: Alert) -> tuple[_Lane, ...]:
-        if self._router is None:
-            # Without routes everyone gets everything, but for those the ladder calls in.
-            laddered = set() if self._ladder is None else self._ladder.named()
-            names = tuple(lane.name for lane in self._regular if lane.name not in laddered)
-        else:
-            names = self._router.receivers(alert)
+        names = self._router.receivers(alert)
         if self._ladder is not None:
             names += tuple(r for r in self._ladder.receivers(alert) if r not in names)
         # Receivers that record rather than page (Grafana annotations): every alert.

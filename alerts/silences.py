@@ -34,13 +34,14 @@ import msgspec
 
 from alerts.model import Alert
 
-__all__ = ["LABELS", "Matcher", "Silence", "Silences", "labels"]
+__all__ = ["LABELS", "OPS", "Matcher", "Silence", "Silences", "labels"]
 
 Label = Literal[
     "rule", "kind", "metric", "node", "area", "district", "street", "grid", "unit", "level"
 ]
 LABELS: Final[tuple[str, ...]] = Label.__args__  # type: ignore[attr-defined]
 Op = Literal["=", "!=", "=~", "!~"]
+OPS: Final[tuple[str, ...]] = Op.__args__  # type: ignore[attr-defined]
 
 
 def labels(alert: Alert) -> dict[str, str]:

@@ -389,10 +389,10 @@ def _close(db: sqlite3.Connection, fingerprint: str, by: str, now_ms: int) -> Al
         ).fetchone()
         if row is None:
             return None
+        resolved = _alert_decoder.decode(row[0])
         alert = msgspec.structs.replace(
-            _alert_decoder.decode(row[0]), state="closed", closed_ms=now_ms,
-            resolved_by=_alert_decoder.decode(row[0]).resolved_by or by,
-        )  # fmt: skip
+            resolved, state="closed", closed_ms=now_ms, resolved_by=resolved.resolved_by or by
+        )
         db.execute(
             "UPDATE alerts SET state = 'closed', body = ? WHERE fingerprint = ?",
             (_encoder.encode(alert), fingerprint),
