@@ -93,6 +93,33 @@ def _level(level: Level) -> str:
     return f"{_LEVEL_ZH[level]} {level.label.capitalize()} warning ({level.roman})"
 
 
+#: What each event without a level of its own says, in both languages.
+_EVENTS: Final = {
+    "firing": "告警触发 firing",
+    "resolved": "已解除 resolved",
+    "acknowledged": "已确认 acknowledged",
+    "repeated": "提醒 reminder: 尚未确认 not yet acknowledged",
+}
+
+
+def _event(n: Notification) -> str:
+    """What happened, in both languages."""
+    a = n.alert
+    if n.event == "acknowledged" and a.acknowledged_by:
+        return f"{_EVENTS['acknowledged']} ({a.acknowledged_by})"
+    if n.event == "escalated":
+        waited = round((n.ts_ms - a.started_ms) / 60_000)
+        return (
+            f"逐级上报 escalated to {n.step or 'the next step'}: "
+            f"{waited} 分钟未确认 unacknowledged for {waited} min"
+        )
+    if n.event in _EVENTS:
+        return _EVENTS[n.event]
+    if a.level > n.previous:
+        return f"升级 raised (原 was {n.previous.label})"
+    return f"降级 lowered (原 was {n.previous.label})"
+
+
 def message(n: Notification) -> tuple[str, list[str]]:
     """The title and the lines of a chat message for one notification (both languages)."""
     a = n.alert
@@ -101,14 +128,7 @@ def message(n: Notification) -> tuple[str, list[str]]:
     title = f"{_level(level)}: {_KIND_ZH[a.kind]} {subject}"
     if n.event == "resolved":
         title = f"已解除 Resolved: {title}"
-    if n.event == "firing":
-        event = "告警触发 firing"
-    elif n.event == "resolved":
-        event = "已解除 resolved"
-    elif a.level > n.previous:
-        event = f"升级 raised (原 was {n.previous.label})"
-    else:
-        event = f"降级 lowered (原 was {n.previous.label})"
+    event = _event(n)
     p = a.placement
     where = " / ".join(part for part in (p.district, p.street, p.grid) if part)
     measured = f"{_num(a.value)} {a.unit}"

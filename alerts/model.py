@@ -27,6 +27,9 @@ is exactly what a webhook receives, encoded with `cityvitals.contract.encode`:
 ``ts_ms``
     When the change happened: the warning's event time in Unix milliseconds,
     not the time of delivery.
+``step``
+    Only on ``escalated``: the name of the escalation step called in
+    (``[alerts.escalation] steps``: grid, street, district, city).
 ``incident``
     The id of the incident the alert is grouped in: alerts of one kind in one
     district (or street, or grid: ``[alerts] group_by``) close in time. One
@@ -138,6 +141,8 @@ class Notification(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True
     #: The incident the alert belongs to (`alerts.incidents`): alerts of one kind and
     #: place, close in time.
     incident: str | None = None
+    #: On `escalated`: the name of the escalation step called in (grid, street, ...).
+    step: str | None = None
 
 
 def notification_id(

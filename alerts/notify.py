@@ -62,7 +62,7 @@ def format_line(n: Notification) -> str:
     ...               updated_ms=1, resolved_ms=None, value=62.1, threshold=50.0, seq=7)
     >>> format_line(Notification(v=1, id="x", event="firing", previous=Level.NONE,
     ...                          alert=alert, ts_ms=1))
-    'ALERT firing   RED (I)      water_level.depth  wl-0003  Harbour / Dockside Street / HB-101   62.1 cm >= 50 cm'
+    'ALERT firing    RED (I)      water_level.depth  wl-0003  Harbour / Dockside Street / HB-101   62.1 cm >= 50 cm'
     """  # noqa: E501 - doctest output is one line by definition
     a = n.alert
     if n.event == "resolved":
@@ -71,7 +71,7 @@ def format_line(n: Notification) -> str:
     elif n.event == "level_changed":
         verb, level = ("raised" if a.level > n.previous else "lowered"), a.level
     else:
-        verb, level = "firing", a.level
+        verb, level = _VERBS.get(n.event, n.event), a.level
     where = f"{a.placement.district} / {a.placement.street} / {a.placement.grid}"
     measured = f"{_num(a.value)} {a.unit}"
     if a.area is not None:
@@ -89,12 +89,26 @@ def format_line(n: Notification) -> str:
         # a cleared value sits below, a predictive warning may fire from below too.
         op = ">=" if a.value >= a.threshold else "<"
         measured += f" {op} {_num(a.threshold)} {a.unit}"
-    line = f"ALERT {verb:<8} {_level(level):<12} {a.rule}  {a.subject}  {where}   {measured}"
+    line = f"ALERT {verb:<9} {_level(level):<12} {a.rule}  {a.subject}  {where}   {measured}"
     if n.event == "level_changed":
         line += f"  (was {_level(n.previous)})"
     elif n.event == "resolved" and a.peak_level > n.previous:
         line += f"  (peak {_level(a.peak_level)})"
+    elif n.event == "escalated":
+        waited = round((n.ts_ms - a.started_ms) / 60_000)
+        line += f"  (to {n.step or 'the next step'}: unacknowledged {waited} min)"
+    elif n.event == "acknowledged" and a.acknowledged_by:
+        line += f"  (by {a.acknowledged_by})"
     return line
+
+
+#: The verb of each event without a level change of its own.
+_VERBS: Final = {
+    "firing": "firing",
+    "acknowledged": "acked",
+    "repeated": "reminder",
+    "escalated": "escalated",
+}
 
 
 #: Members an area alert's line names before "and N more".

@@ -20,7 +20,14 @@ unbounded memory). What a receiver refuses is given up after `attempts`
 tries or `give_up_after` seconds, kept as a dead letter and reported. A
 tick (`tick_every`) sends reminders and escalations and announces what a
 silence or an inhibition stopped holding back; acknowledging, resolving
-and silencing by hand go through the same path.
+and silencing by hand go through the same path. Before any change of an
+alert, the escalation steps due by then are called in, so whoever a step
+calls in hears that change, however long ago the last tick ran.
+
+Time is the injected `clock`'s. The embedded demo, which plays a day in a
+minute, gives an event-time clock (`cityvitals.clock.EventClock`: now is the
+time of the warning being handled) and `tick_every=None`, so escalations
+follow the simulated day, not the wall clock.
 """
 
 from __future__ import annotations
@@ -178,7 +185,7 @@ class AlertService:
         router: Router | None = None,
         ladder: Ladder | None = None,
         on_response: Callable[[Observation], Awaitable[None]] | None = None,
-        tick_every: float = 15.0,
+        tick_every: float | None = 15.0,
         sleep_ticks: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         _check_receivers([n.name for n in notifiers], fallback, router, ladder)
@@ -188,7 +195,9 @@ class AlertService:
             raise ValueError("need 0 <= base_delay <= max_delay")
         if give_up_after <= 0:
             raise ValueError(f"give_up_after must be positive, got {give_up_after}")
-        if (repeat_every is not None and repeat_every <= 0) or tick_every <= 0:
+        if (repeat_every is not None and repeat_every <= 0) or (
+            tick_every is not None and tick_every <= 0
+        ):
             raise ValueError("repeat_every and tick_every must be positive")
         self._lanes = tuple(_Lane(n, queue_size) for n in notifiers)
         self._by_name = {lane.name: lane for lane in self._lanes}
@@ -278,8 +287,11 @@ class AlertService:
             for lane in self._lanes
             for i in range(lane.concurrency)
         ]
-        ticks = asyncio.create_task(self._run_ticks(), name="alerts-ticks")
-        self._workers = (book, ticks, *lanes)
+        self._workers = (book, *lanes)
+        if self._tick_every is not None:
+            # Without: ticks only when `tick()` is called (an event-time clock).
+            ticks = asyncio.create_task(self._run_ticks(self._tick_every), name="alerts-ticks")
+            self._workers += (ticks,)
         log.info("alert service started with receivers %s", [lane.name for lane in self._lanes])
         return self
 
@@ -410,6 +422,10 @@ class AlertService:
 
     async def _process(self, warning: Warning) -> None:
         async with self._book_lock:
+            if self._ladder is not None:
+                # Steps due by now hear of this change, whenever the last tick ran.
+                for due in self._escalations(self._clock.now_ms(), only=warning.fingerprint):
+                    await self._dispatch(due)
             before = self._book.get(warning.fingerprint)
             n = self._book.apply(warning)
             after = self._book.get(warning.fingerprint)
@@ -611,23 +627,31 @@ class AlertService:
                 await self._dispatch(n)
             return len(due)
 
-    def _escalations(self, now_ms: int) -> list[Notification]:
-        assert self._ladder is not None  # noqa: S101 - the caller checks
+    def _escalations(self, now_ms: int, *, only: str | None = None) -> list[Notification]:
+        """An `escalated` notification for each firing alert (or just `only`) a step
+        further up the ladder is due for by `now_ms`, naming the step."""
+        ladder = self._ladder
+        assert ladder is not None  # noqa: S101 - the caller checks
+        if only is None:
+            alerts = self._book.open_alerts()
+        else:
+            one = self._book.get(only)
+            alerts = () if one is None else (one,)
         out = []
-        for alert in self._book.open_alerts():
+        for alert in alerts:
             if alert.state != "firing" or alert.muted:
                 continue
-            step = self._ladder.reached(alert, now_ms=now_ms)
+            step = ladder.reached(alert, now_ms=now_ms)
             if step > alert.escalation:
-                due_ms = self._ladder.due_ms(alert, step)
+                due_ms = ladder.due_ms(alert, step)
                 n = self._book.escalate(alert.fingerprint, step=step, due_ms=due_ms)
                 if n is not None:
-                    out.append(n)
+                    out.append(msgspec.structs.replace(n, step=ladder.steps[step].name))
         return out
 
-    async def _run_ticks(self) -> None:
+    async def _run_ticks(self, every: float) -> None:
         while True:
-            await self._sleep_ticks(self._tick_every)
+            await self._sleep_ticks(every)
             try:
                 await self.tick()
             except Exception:
@@ -689,7 +713,6 @@ class AlertService:
             del lane.busy[fp]
 
     async def _deliver(self, n: Notification, lane: _Lane) -> None:
-        started_wall = self._clock.now()
         started = self._monotonic()
         cap = self._give_up_after
         attempt = 1
@@ -713,7 +736,7 @@ class AlertService:
                     log.exception("notifier %s raised unexpectedly", lane.name)
                     detail, retryable = f"unexpected {type(exc).__name__}: {exc}", False
             else:
-                await self._succeeded(n, lane, attempts=attempt, started=started_wall)
+                await self._succeeded(n, lane, attempts=attempt, started=started)
                 return
             delay = 0.0
             if retryable and attempt < self._attempts:
@@ -725,7 +748,7 @@ class AlertService:
                     retryable = False
             if not retryable or attempt >= self._attempts:
                 self._attempt_failed(lane, detail, f"dropping notification {n.id}")
-                await self._gave_up(n, lane, detail, attempts=attempt, started=started_wall)
+                await self._gave_up(n, lane, detail, attempts=attempt, started=started)
                 return
             self._attempt_failed(lane, detail, f"retrying (attempt {attempt} of {self._attempts})")
             log.debug(
@@ -825,7 +848,7 @@ class AlertService:
         attempts: int,
         started: float,
     ) -> None:
-        elapsed_ms = round((self._clock.now() - started) * 1000)
+        elapsed_ms = round((self._monotonic() - started) * 1000)
         tries = f"{attempts} attempt{'s' if attempts > 1 else ''}, {elapsed_ms} ms"
         detail = f"{detail} ({tries})" if detail else tries
         if self._on_delivery is not None:

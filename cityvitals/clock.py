@@ -52,3 +52,31 @@ class ManualClock:
 
     def set(self, when: float) -> None:
         self._now = when
+
+
+class EventClock:
+    """Event time: now is the time of the event being handled, set by whoever hands
+    events on, one at a time.
+
+    The demo plays a day in a minute, or as fast as the pipeline goes, so the
+    wall clock says nothing about how long an alert went unanswered; the time
+    of the warning being handled does. It may go back: events from different
+    nodes arrive in no global order.
+
+    >>> clock = EventClock()
+    >>> clock.at(1_764_028_800_000)
+    >>> clock.now_ms(), clock.now()
+    (1764028800000, 1764028800.0)
+    """
+
+    def __init__(self, start_ms: int = 0) -> None:
+        self._ms = start_ms
+
+    def now(self) -> float:
+        return self._ms / 1000
+
+    def now_ms(self) -> int:
+        return self._ms
+
+    def at(self, ts_ms: int) -> None:
+        self._ms = ts_ms

@@ -480,6 +480,11 @@ class EmbeddedStore:
     def reading_keys(self) -> set[tuple[str, int]]:
         return {(node, seq) for node, seq in self._query("SELECT node, seq FROM readings")}
 
+    def newest_reading_ms(self) -> int | None:
+        """The time of the newest reading stored; None while there is none."""
+        newest: int | None = self._query("SELECT max(ts_ms) FROM readings")[0][0]
+        return newest
+
     def warnings(self) -> list[Warning]:
         return [
             _warning_decoder.decode(body)

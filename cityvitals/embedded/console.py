@@ -138,6 +138,21 @@ def print_summary(result: DemoResult, console: Console) -> None:
         + (f", [red]{result.failed_deliveries} failed[/]" if result.failed_deliveries else "")
         + (f", [red]{result.undelivered} never delivered[/]" if result.undelivered else ""),
     )
+    if result.grouped:
+        table.add_row(
+            "alert incidents",
+            f"{len(result.grouped)}: "
+            + ", ".join(
+                f"{kind} in {place} ({count} alert{'s' if count > 1 else ''})"
+                for kind, place, count in result.grouped
+            ),
+        )
+    if result.called_in:
+        table.add_row(
+            "duty called in",
+            "  ".join(f"{step} {count}" for step, count in result.called_in.items())
+            + " alerts (nobody acknowledges in the demo: each climbs the ladder)",
+        )
     for check in result.incidents:
         mark = "[green]ok[/]" if check.ok else "[red]MISSED[/]"
         table.add_row(

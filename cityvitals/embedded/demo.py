@@ -5,6 +5,10 @@ fleet publish a scripted day through the real edge publisher, waits until
 every acknowledged reading has gone through every stage, then checks the
 result: every reading stored (by node and sequence number), every scripted
 incident raised its expected alert, no quiet node raised any.
+
+Nobody acknowledges anything in the demo, so its alerts climb the duty
+roster's escalation ladder (`cityvitals.embedded.duty`) on the simulated
+day's time: the alert service runs in event time.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from cityvitals.citygen import generate_city
 from cityvitals.clock import SystemClock
+from cityvitals.embedded.duty import DEMO_LADDER, DutyDesk, duty_desks
 from cityvitals.embedded.pipeline import EmbeddedPipeline, PipelineCounts
 from cityvitals.levels import WARNING_LEVELS, Level
 from cityvitals.registry import Registry
@@ -99,6 +104,11 @@ class DemoResult:
     settled: bool
     interrupted: bool
     data_dir: Path
+    #: Per escalation step (grid, street, district, city): how many alerts its duty
+    #: officer was called in for.
+    called_in: dict[str, int] = field(default_factory=dict)
+    #: The alert incidents, oldest first: (kind, place, how many alerts it groups).
+    grouped: tuple[tuple[str, str, int], ...] = ()
     missing_keys: tuple[tuple[str, int], ...] = field(default=(), repr=False)
 
     @property
@@ -166,14 +176,17 @@ async def run_demo(
     mqtt = BrokerSettings.from_url(options.mqtt_url) if options.mqtt_url else None
     began = time.monotonic()
     engine = None if options.rules_path is None else RuleEngine(load_rules(options.rules_path))
+    desks = duty_desks(DEMO_LADDER)
     async with EmbeddedPipeline(
         city,
         data_dir=options.data_dir,
-        notifiers=notifiers,
+        notifiers=[*notifiers, *desks.values()],
         mqtt=mqtt,
         clock=clock,
         engine=engine,
         extra_sinks=extra_sinks,
+        ladder=DEMO_LADDER,
+        event_time=True,
     ) as pipeline:
         if on_ready is not None:
             await on_ready(pipeline)
@@ -211,6 +224,7 @@ async def run_demo(
         elapsed=elapsed,
         settled=settled,
         interrupted=stop.is_set(),
+        desks=desks,
     )
 
 
@@ -258,6 +272,7 @@ def _result(
     elapsed: float,
     settled: bool,
     interrupted: bool,
+    desks: dict[str, DutyDesk],
 ) -> DemoResult:
     store = pipeline.store
     stored_keys = store.reading_keys()
@@ -300,6 +315,14 @@ def _result(
         settled=settled,
         interrupted=interrupted,
         data_dir=options.data_dir,
+        called_in={step: len(desk.alerts) for step, desk in desks.items()},
+        grouped=tuple(
+            (str(i.kind), i.place, len(i.alerts))
+            for i in sorted(
+                [*pipeline.alerts.incidents.recent(), *pipeline.alerts.incidents.open_incidents()],
+                key=lambda i: i.opened_ms,
+            )
+        ),
         missing_keys=tuple(missing[:100]),
     )
 

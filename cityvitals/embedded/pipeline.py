@@ -7,6 +7,13 @@ cityvitals` stays free of faust and aiomqtt.
 Start order follows the data backwards (store, alerts, stream, gateway) so
 every stage's consumer is up before its producer; stop order is the reverse,
 each stage flushing what it holds.
+
+With `event_time`, the alert service runs on the warnings' own time rather
+than the wall clock's (`cityvitals.clock.EventClock`): the demo plays a day
+in a minute, or as fast as it can, so only the readings' times say how long
+an alert went unanswered. Warnings are then handed over one at a time, each
+recorded at its own time before the next, and the escalation ladder climbs
+on the simulated day, the same way in every run.
 """
 
 from __future__ import annotations
@@ -22,11 +29,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from alerts.escalation import Ladder
 from alerts.model import Notification
 from alerts.notify import Notifier
 from alerts.service import AlertService
 from alerts.store import AlertStore
-from cityvitals.clock import Clock, SystemClock
+from cityvitals.clock import Clock, EventClock, SystemClock
 from cityvitals.config import BrokerSettings
 from cityvitals.contract import Warning
 from cityvitals.errors import CityvitalsError
@@ -95,6 +103,8 @@ class EmbeddedPipeline:
         connect_timeout: float = 15.0,
         engine: RuleEngine | None = None,
         extra_sinks: Sequence[ReadingSink] = (),
+        ladder: Ladder | None = None,
+        event_time: bool = False,
     ) -> None:
         self.registry = registry
         self._engine = engine
@@ -106,6 +116,10 @@ class EmbeddedPipeline:
         self._on_delivery_hook = on_delivery
         self._connect_timeout = connect_timeout
         self._extra_sinks = tuple(extra_sinks)
+        self._ladder = ladder
+        #: The alert service's clock with `event_time`; None: the pipeline's own.
+        self._event_clock = EventClock() if event_time else None
+        self._handover = asyncio.Lock()
         self._stack = AsyncExitStack()
         self._active: dict[str, Level] = {}
         # Which (node, seq) the gateway forwarded: the demo's drain waits for
@@ -146,10 +160,15 @@ class EmbeddedPipeline:
         self.alerts = await self._stack.enter_async_context(
             AlertService(
                 self._notifiers,
-                clock=self._clock,
+                clock=self._event_clock or self._clock,
                 on_delivery=self._record_delivery,
                 give_up_after=DELIVERY_GIVE_UP_S,
                 store=alert_store,
+                ladder=self._ladder,
+                # In event time nothing ticks on the wall clock's schedule: each
+                # warning calls in the steps due by its time, and `drain` ticks
+                # at the newest reading's.
+                tick_every=None if self._event_clock else 15.0,
             )
         )
         app = create_embedded_app(self.data_dir)
@@ -210,7 +229,16 @@ class EmbeddedPipeline:
             self._active.pop(warning.fingerprint, None)
         else:
             self._active[warning.fingerprint] = warning.level
-        await self.alerts.submit(warning)
+        clock = self._event_clock
+        if clock is None:
+            await self.alerts.submit(warning)
+            return
+        # One at a time (the readings and the area agents both hand warnings
+        # over), each recorded while the clock says its time.
+        async with self._handover:
+            clock.at(warning.ts_ms)
+            await self.alerts.submit(warning)
+            await self.alerts.recorded()
 
     async def _record_delivery(
         self, n: Notification, receiver: str, outcome: str, detail: str
@@ -250,6 +278,14 @@ class EmbeddedPipeline:
         await self.stream.wait_processed(self.gateway.stats().forwarded)
         await self.alerts.drain()
         await self.store.flush()
+        if self._event_clock is not None:
+            # What came due after the last warning, by the newest reading's time.
+            newest = await asyncio.to_thread(self.store.newest_reading_ms)
+            if newest is not None:
+                async with self._handover:
+                    self._event_clock.at(newest)
+                    await self.alerts.tick()
+                await self.alerts.drain()
 
     async def flush(self) -> None:
         """Commit whatever the store holds (after a drain that timed out)."""

@@ -17,6 +17,7 @@ from cityvitals.citygen import generate_city
 from cityvitals.config import BrokerSettings
 from cityvitals.contract import Reason
 from cityvitals.embedded.demo import DemoOptions, run_demo
+from cityvitals.embedded.duty import DEMO_LADDER
 from cityvitals.embedded.pipeline import BrokerUnreachableError, EmbeddedPipeline
 from cityvitals.kinds import Kind
 from cityvitals.levels import Level
@@ -90,7 +91,10 @@ async def test_shortened_day_alerts_every_incident_and_loses_nothing(tmp_path):
     opened = {n.alert.fingerprint for n in recorder.notifications if n.event == "firing"}
     resolved = {n.alert.fingerprint for n in recorder.notifications if n.event == "resolved"}
     assert opened == resolved
-    assert result.delivered == result.notifications == len(recorder.notifications)
+    # Each went to the recorder, and to each duty desk the alert had climbed to by then.
+    assert result.notifications == len(recorder.notifications)
+    to_desks = sum(len(DEMO_LADDER.receivers(n.alert)) for n in recorder.notifications)
+    assert result.delivered == len(recorder.notifications) + to_desks
     # The rainstorm is one incident: its gauges' alerts and the district event, grouped.
     storm = next(i for i in Scenario.default(city, seed=SEED).incidents if i.name == "rainstorm")
     subjects = {e.node for e in storm.expected}
@@ -100,6 +104,44 @@ async def test_shortened_day_alerts_every_incident_and_loses_nothing(tmp_path):
     assert None not in grouped
     others = {n.incident for n in recorder.notifications if n.alert.subject not in subjects}
     assert grouped.isdisjoint(others)
+    # Nobody acknowledges in the demo, so every alert climbs the duty ladder on the
+    # simulated day's time, the same in every run; the rainstorm's reach the city.
+    reached = climbed(recorder.notifications)
+    assert {subject for subject, top in reached.values() if top == "city"} >= subjects
+    assert result.called_in == {
+        step.name: sum(1 for _, top in reached.values() if RANK[top] >= i)
+        for i, step in enumerate(DEMO_LADDER.steps)
+    }
+
+
+RANK = {step.name: i for i, step in enumerate(DEMO_LADDER.steps)}
+
+
+def climbed(notifications: list[Notification]) -> dict[str, tuple[str, str]]:
+    """Check each alert's escalations; by fingerprint, its subject and the step it reached.
+
+    Every `escalated` is dated when its step fell due (the ladder's `after_s` past the
+    alert's start), each goes higher than the one before, all come before the resolve,
+    and the last is the highest step due by the resolve: a step is called in by the
+    alert's next change at the latest.
+    """
+    stories: dict[str, list[Notification]] = {}
+    for n in notifications:
+        stories.setdefault(n.alert.fingerprint, []).append(n)
+    out: dict[str, tuple[str, str]] = {}
+    for fp, story in stories.items():
+        start, end = story[0].alert.started_ms, story[-1]
+        assert (story[0].event, end.event) == ("firing", "resolved")
+        ups = [n for n in story if n.event == "escalated"]
+        steps = [DEMO_LADDER.steps[RANK[n.step or ""]] for n in ups]
+        assert [n.ts_ms for n in ups] == [start + round(s.after_s * 1000) for s in steps]
+        assert [RANK[s.name] for s in steps] == sorted({RANK[s.name] for s in steps})
+        lasted_s = (end.ts_ms - start) / 1000
+        due = [s.name for s in DEMO_LADDER.steps if s.after_s <= lasted_s]
+        reached = steps[-1].name if steps else "grid"
+        assert reached == due[-1]
+        out[fp] = (end.alert.subject, reached)
+    return out
 
 
 def garbage(city) -> list[tuple[str, bytes, Reason]]:

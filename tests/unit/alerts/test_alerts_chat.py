@@ -52,6 +52,29 @@ def test_the_message_says_each_thing_in_both_languages():
     assert lines[:2] == ["事件 Event: 已解除 resolved", "规则 Rule: water_level.depth"]
 
 
+def test_acknowledged_reminder_and_escalated_each_say_what_happened():
+    """Not "lowered (was orange)": these events keep the level, and say who took the
+    alert, that nobody has, or which step was called in after how long."""
+    book = AlertBook()
+    start = NOW_S * 1000
+    opened = book.apply(make_warning(Level.ORANGE, value=31.0, ts_ms=start))
+    assert opened is not None
+    fp = opened.alert.fingerprint
+    up = book.escalate(fp, step=2, due_ms=start + 1_800_000)
+    assert up is not None
+    reminder = book.reminders(start + 5_400_000, every_ms=3_600_000)
+    acked = book.acknowledge(fp, by="li.wei", now_ms=start + 6_000_000)
+    assert acked is not None
+    events = [
+        message(n)[1][0] for n in (msgspec.structs.replace(up, step="district"), *reminder, acked)
+    ]
+    assert events == [
+        "事件 Event: 逐级上报 escalated to district: 30 分钟未确认 unacknowledged for 30 min",
+        "事件 Event: 提醒 reminder: 尚未确认 not yet acknowledged",
+        "事件 Event: 已确认 acknowledged (li.wei)",
+    ]
+
+
 def test_an_area_alert_names_its_count_and_nodes():
     members = (
         AreaMember(node="wl-0002", level=Level.ORANGE, value=61.0, ts_ms=1),

@@ -13,7 +13,7 @@ from alerts.model import Notification
 from alerts.service import AlertNotFound, AlertService
 from alerts.silences import Matcher, Silence
 from alerts.store import AlertStore
-from cityvitals.clock import ManualClock
+from cityvitals.clock import EventClock, ManualClock
 from cityvitals.levels import Level
 from tests.factories import PLACE, make_warning
 
@@ -304,6 +304,42 @@ async def test_nobody_acknowledging_climbs_the_ladder_until_someone_does() -> No
     assert [e for e, _ in people["district"].events()] == ["escalated", "acknowledged", "resolved"]
     assert people["city"].got == []
     assert people["district"].got[0].alert.escalation == 2
+
+
+async def test_a_change_calls_in_the_steps_due_by_then_first() -> None:
+    """With no tick at all (event time, `tick_every=None`): a raise 20 minutes in calls
+    in the street step first, so street duty hears the raise; the resolve 40 minutes in
+    calls in the district first. Each escalation is dated when its step fell due and
+    names it; the city (an hour) is never reached."""
+    from alerts.escalation import Ladder, Step
+
+    names = ("grid", "street", "district", "city")
+    ladder = Ladder([Step(n, (n,), s) for n, s in zip(names, (0, 900, 1800, 3600), strict=True)])
+    people = {name: Receiver(name) for name in names}
+    clock = EventClock()
+    async with AlertService(
+        list(people.values()), clock=clock, ladder=ladder, tick_every=None
+    ) as svc:
+        for w in (warn(Level.ORANGE, 0, 1), warn(Level.RED, 1200, 2), warn(Level.NONE, 2400, 3)):
+            clock.at(w.ts_ms)
+            await svc.submit(w)
+            await asyncio.wait_for(svc.recorded(), WAIT)
+        await settle(svc)
+    assert [(n.event, n.ts_ms - T0_MS, n.step) for n in people["grid"].got] == [
+        ("firing", 0, None),
+        ("escalated", 900_000, "street"),
+        ("level_changed", 1_200_000, None),
+        ("escalated", 1_800_000, "district"),
+        ("resolved", 2_400_000, None),
+    ]
+    assert [e for e, _ in people["street"].events()] == [
+        "escalated",
+        "level_changed",
+        "escalated",
+        "resolved",
+    ]
+    assert [e for e, _ in people["district"].events()] == ["escalated", "resolved"]
+    assert people["city"].got == []
 
 
 async def test_response_times_are_measured_from_the_alerts_start() -> None:

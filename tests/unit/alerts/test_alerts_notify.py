@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import aiohttp
+import msgspec
 import pytest
 
 from alerts.book import AlertBook
@@ -34,10 +35,31 @@ def test_console_lines_for_a_whole_lifecycle() -> None:
     """Each event gets one aligned line; changes say the direction and what the level was."""
     lines = [format_line(n) for n in lifecycle()]
     assert lines == [
-        f"ALERT firing   ORANGE (II)  {WHERE}   51 cm >= 50 cm",
-        f"ALERT raised   RED (I)      {WHERE}   62.1 cm >= 50 cm  (was ORANGE (II))",
-        f"ALERT lowered  YELLOW (III) {WHERE}   50 cm >= 50 cm  (was RED (I))",
-        f"ALERT resolved YELLOW (III) {WHERE}   12.25 cm < 50 cm  (peak RED (I))",
+        f"ALERT firing    ORANGE (II)  {WHERE}   51 cm >= 50 cm",
+        f"ALERT raised    RED (I)      {WHERE}   62.1 cm >= 50 cm  (was ORANGE (II))",
+        f"ALERT lowered   YELLOW (III) {WHERE}   50 cm >= 50 cm  (was RED (I))",
+        f"ALERT resolved  YELLOW (III) {WHERE}   12.25 cm < 50 cm  (peak RED (I))",
+    ]
+
+
+def test_console_lines_for_what_people_and_the_clock_do() -> None:
+    """Acknowledging, a reminder and an escalation each say what happened (not "firing"):
+    who acknowledged, and which step was called in after how long."""
+    book = AlertBook()
+    opened = book.apply(warning(Level.ORANGE, 51.0, ts_ms=0))
+    assert opened is not None
+    fp = opened.alert.fingerprint
+    up = book.escalate(fp, step=1, due_ms=900_000)
+    assert up is not None
+    up = msgspec.structs.replace(up, step="street")
+    reminder = book.reminders(4_500_000, every_ms=3_600_000)
+    acked = book.acknowledge(fp, by="li.wei", now_ms=5_000_000)
+    assert acked is not None
+    assert [format_line(n) for n in (up, *reminder, acked)] == [
+        f"ALERT escalated ORANGE (II)  {WHERE}   51 cm >= 50 cm  "
+        "(to street: unacknowledged 15 min)",
+        f"ALERT reminder  ORANGE (II)  {WHERE}   51 cm >= 50 cm",
+        f"ALERT acked     ORANGE (II)  {WHERE}   51 cm >= 50 cm  (by li.wei)",
     ]
 
 
@@ -45,7 +67,7 @@ def test_console_line_without_threshold() -> None:
     """Rules with no fixed threshold (anomaly scores) show only the value."""
     n = AlertBook().apply(warning(Level.BLUE, 3.0, threshold=None))
     assert n is not None
-    assert format_line(n) == f"ALERT firing   BLUE (IV)    {WHERE}   3 cm"
+    assert format_line(n) == f"ALERT firing    BLUE (IV)    {WHERE}   3 cm"
 
 
 async def test_console_notifier_writes_one_line_per_notification() -> None:

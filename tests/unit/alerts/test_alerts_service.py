@@ -417,7 +417,7 @@ async def test_gives_up_after_the_time_cap_between_attempts() -> None:
     assert delays == [0.0, 0.0]
     ((_, receiver, outcome, detail),) = rec.deliveries
     assert (receiver, outcome) == ("fake", "failed")
-    assert detail == "HTTP 503; gave up after 30.0 s (limit 25 s) (3 attempts, 0 ms)"
+    assert detail == "HTTP 503; gave up after 30.0 s (limit 25 s) (3 attempts, 30000 ms)"
     assert svc.stats() == AlertStats(
         warnings_received=1, notifications=1, delivered=0, failed=1, undelivered=0
     )
@@ -446,7 +446,7 @@ async def test_an_attempt_unanswered_at_the_time_cap_is_abandoned() -> None:
         await asyncio.wait_for(svc.drain(), WAIT)
     assert [n.alert.fingerprint for n in hangs_once.delivered] == ["b"]
     assert [(o, d) for _, _, o, d in rec.deliveries] == [
-        ("failed", "no answer within the 25 s limit (1 attempt, 0 ms)"),
+        ("failed", "no answer within the 25 s limit (1 attempt, 25000 ms)"),
         ("delivered", "1 attempt, 0 ms"),
     ]
     assert rec.delays == []
