@@ -10,15 +10,16 @@ import asyncio
 import logging
 import os
 import sys
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 
 from cityvitals import __version__
+from cityvitals.cli_alerts import alerts_group
+from cityvitals.cli_options import SERVICE_CONFIG
 from cityvitals.errors import CityvitalsError
 
 if TYPE_CHECKING:
@@ -97,6 +98,9 @@ def main() -> None:
     faust stream finds trouble early and raises warnings; alerts reach the
     people on call. Start with `cityvitals demo`.
     """
+
+
+main.add_command(alerts_group)
 
 
 @main.command()
@@ -318,14 +322,7 @@ async def _run_edge(config: EdgeConfig) -> AgentSummary:
     return await EdgeAgent(config).run(_stop_on_signals())
 
 
-_SERVICE_CONFIG = click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=Path("/etc/cityvitals/cityvitals.toml"),
-    show_default=True,
-    help="The service config, one file for every role (example: deploy/cityvitals.toml).",
-)
+_SERVICE_CONFIG = SERVICE_CONFIG
 _CHECK = click.option(
     "--check", is_flag=True, help="Only check the configuration and say what it runs."
 )
@@ -495,102 +492,6 @@ def city_check(path: Path) -> None:
     click.echo(
         f"{path}: {len(registry)} nodes, {len(registry.districts())} districts, "
         + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items()))
-    )
-
-
-@main.group("alerts")
-def alerts_group() -> None:
-    """The alert store: what the outbox owes, what it gave up on, and retrying that."""
-
-
-_ALERT_STORE = click.option(
-    "--store",
-    "store_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="The alert store file (default: [alerts] store of --config; the demo's is "
-    "cityvitals-data/alerts.sqlite3).",
-)
-
-
-def _alert_store_path(store_path: Path | None, config_path: Path) -> Path:
-    if store_path is not None:
-        if not store_path.is_file():
-            raise click.ClickException(f"{store_path}: no alert store there")
-        return store_path
-    from cityvitals.settings import load_settings
-
-    try:
-        path = load_settings(config_path).alerts.store_path
-    except CityvitalsError as exc:
-        raise click.ClickException(str(exc)) from exc
-    if path is None or not path.is_file():
-        raise click.ClickException(f"{path}: no alert store there (has the alerts role run?)")
-    return path
-
-
-@alerts_group.command("outbox")
-@_ALERT_STORE
-@_SERVICE_CONFIG
-@click.option(
-    "--state",
-    type=click.Choice(["dead", "pending", "delivered", "all"]),
-    default="dead",
-    show_default=True,
-    help="Which rows to list.",
-)
-@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
-def alerts_outbox(store_path: Path | None, config_path: Path, state: str, limit: int) -> None:
-    """List the outbox, newest first: by default the dead letters, each with the receiver,
-    the attempts and the reason delivery was given up."""
-    from alerts.store import AlertStore
-
-    path = _alert_store_path(store_path, config_path)
-
-    async def read() -> tuple[dict[str, int], list[Any]]:
-        async with AlertStore(path) as store:
-            wanted = None if state == "all" else state
-            return await store.counts(), await store.rows(wanted, limit=limit)  # type: ignore[arg-type]
-
-    counts, rows = asyncio.run(read())
-    click.echo(
-        f"{path}: {counts['open_alerts']} open alerts; outbox {counts['pending']} pending, "
-        f"{counts['delivered']} delivered, {counts['dead']} dead"
-    )
-    for row in rows:
-        n = row.notification
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(row.created_ms / 1000))
-        click.echo(
-            f"  #{row.id} {row.state} to {row.receiver}: {n.event} {n.alert.level.label} "
-            f"{n.alert.rule} {n.alert.subject} (key {n.id}, {row.attempts} "
-            f"attempt{'' if row.attempts == 1 else 's'}, "
-            f"recorded {when} UTC){': ' + row.detail if row.detail else ''}"
-        )
-
-
-@alerts_group.command("retry")
-@_ALERT_STORE
-@_SERVICE_CONFIG
-@click.argument("ids", type=int, nargs=-1)
-@click.option("--all", "everything", is_flag=True, help="Every dead letter.")
-def alerts_retry(
-    store_path: Path | None, config_path: Path, ids: tuple[int, ...], everything: bool
-) -> None:
-    """Owe dead letters (by # from `cityvitals alerts outbox`, or --all) again. The alerts
-    service sends them, under their own idempotency keys, when it next starts."""
-    from alerts.store import AlertStore
-
-    if not ids and not everything:
-        raise click.UsageError("name the dead letters to retry (their #), or give --all")
-    path = _alert_store_path(store_path, config_path)
-
-    async def requeue() -> int:
-        async with AlertStore(path) as store:
-            return await store.requeue(None if everything else ids)
-
-    count = asyncio.run(requeue())
-    click.echo(
-        f"{path}: {count} dead letter{'' if count == 1 else 's'} owed again; restart the "
-        "alerts service (or the demo) to send them"
     )
 
 
