@@ -14,10 +14,15 @@ escalation steps (`alerts.routing`, `alerts.escalation`), the outbox
 queues (their "lanes"). A lane's workers deliver with retries, each alert's
 notifications in order, so a receiver never sees "resolved" before the
 "firing" it resolves, and a slow or hung receiver delays only itself.
-Nothing is dropped on the way in: a full warning queue makes `submit` wait,
-and a full lane makes the book worker wait (backpressure instead of
-unbounded memory). What a receiver refuses is given up after `attempts`
-tries or `give_up_after` seconds, kept as a dead letter and reported. A
+Nothing is dropped on the way in: a full warning queue makes `submit` wait.
+A receiver that falls a full lane behind (down for an hour in a storm) does
+not hold up the others: what does not fit in its lane stays owed in the
+alert store, where every notification is recorded before it is handed on,
+and the lane takes it back, oldest first, once it has caught up (memory
+stays bounded; only while the store itself fails does a full lane make the
+book worker wait instead). What a receiver refuses is given up after
+`attempts` tries or `give_up_after` seconds (a receiver's own `retry_for`,
+such as a webhook's hour, instead), kept as a dead letter and reported. A
 tick (`tick_every`) sends reminders and escalations and announces what a
 silence or an inhibition stopped holding back; acknowledging, resolving
 and silencing by hand go through the same path. Before any change of an
@@ -37,7 +42,7 @@ import logging
 import random
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import Any, Final, Literal, Self
@@ -94,12 +99,30 @@ class AlertStats(msgspec.Struct, frozen=True, kw_only=True):
 class _Lane:
     """One receiver's queue, worker and health (for state-change logging)."""
 
-    def __init__(self, notifier: Notifier, queue_size: int) -> None:
+    def __init__(
+        self,
+        notifier: Notifier,
+        queue_size: int,
+        *,
+        give_up_after: float,
+        attempts: int | None,
+        max_delay: float,
+    ) -> None:
         self.notifier = notifier
         self.name = notifier.name
         self.queue: asyncio.Queue[Notification] = asyncio.Queue(maxsize=queue_size)
+        #: How long one notification is tried, in how many attempts at most (None: as
+        #: many as fit), at most how far apart.
+        self.give_up_after = give_up_after
+        self.attempts = attempts
+        self.max_delay = max_delay
         #: Notifications handed to this lane (or being handed) and not yet settled.
         self.pending = 0
+        #: The ids of those in memory (queued, waiting behind their alert, or in hand).
+        self.in_memory: set[str] = set()
+        #: Set once the lane was full: what came since is owed in the store, not queued.
+        self.spilled = False
+        self.refilling = asyncio.Lock()
         self.failing = False
         #: While failing: notifications given up and attempts failed since it started failing.
         self.failed_deliveries = 0
@@ -113,6 +136,35 @@ class _Lane:
         rate = getattr(notifier, "rate_per_minute", None)
         self.min_interval = 60.0 / rate if rate else 0.0
         self.last_attempt: float | None = None
+
+
+def _lanes(
+    notifiers: Sequence[Notifier],
+    queue_size: int,
+    *,
+    give_up_after: float,
+    attempts: int,
+    max_delay: float,
+    retry_for: Mapping[str, float],
+) -> tuple[_Lane, ...]:
+    """A lane per receiver. One with its own horizon (`retry_for`) is retried until then,
+    with no attempt cap, at most a minute apart (about 60 times an hour at least); the
+    others as the service says."""
+    unknown = sorted(set(retry_for) - {n.name for n in notifiers})
+    if unknown or any(v <= 0 for v in retry_for.values()):
+        raise ValueError(f"retry_for: positive seconds for known receivers, got {retry_for}")
+    return tuple(
+        _Lane(n, queue_size, give_up_after=give_up_after, attempts=attempts, max_delay=max_delay)
+        if n.name not in retry_for
+        else _Lane(
+            n,
+            queue_size,
+            give_up_after=retry_for[n.name],
+            attempts=None,
+            max_delay=max(max_delay, min(60.0, retry_for[n.name] / 60)),
+        )
+        for n in notifiers
+    )
 
 
 def _check_receivers(
@@ -187,6 +239,7 @@ class AlertService:
         on_response: Callable[[Observation], Awaitable[None]] | None = None,
         tick_every: float | None = 15.0,
         sleep_ticks: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        retry_for: Mapping[str, float] | None = None,
     ) -> None:
         _check_receivers([n.name for n in notifiers], fallback, router, ladder)
         if queue_size < 1 or attempts < 1:
@@ -199,7 +252,14 @@ class AlertService:
             tick_every is not None and tick_every <= 0
         ):
             raise ValueError("repeat_every and tick_every must be positive")
-        self._lanes = tuple(_Lane(n, queue_size) for n in notifiers)
+        self._lanes = _lanes(
+            notifiers,
+            queue_size,
+            give_up_after=give_up_after,
+            attempts=attempts,
+            max_delay=max_delay,
+            retry_for=retry_for or {},
+        )
         self._by_name = {lane.name: lane for lane in self._lanes}
         self._fallback = None if fallback is None else self._by_name[fallback]
         #: Who gets every notification; the fallback gets only what another gave up on.
@@ -223,10 +283,7 @@ class AlertService:
         self._tick_every = tick_every
         self._sleep_ticks = sleep_ticks
         self._clock = clock
-        self._attempts = attempts
         self._base_delay = base_delay
-        self._max_delay = max_delay
-        self._give_up_after = give_up_after
         self._rng = rng if rng is not None else random.Random()
         self._sleep = sleep
         self._monotonic = monotonic
@@ -400,7 +457,7 @@ class AlertService:
             log.info("resuming %d notifications owed from before: %s", len(lanes), dict(by_lane))
         self._resumed = len(lanes)
         for lane, n in lanes:
-            await lane.queue.put(n)
+            await self._hand(lane, n)
 
     async def _run_book(self) -> None:
         try:
@@ -461,7 +518,7 @@ class AlertService:
         for lane in lanes:
             lane.pending += 1
         for lane in lanes:
-            await lane.queue.put(n)  # waits while this receiver is a full queue behind
+            await self._hand(lane, n)
 
     async def _measure(self, n: Notification, now_ms: int) -> None:
         """Time to detect, acknowledge and resolve, kept and handed to the sink."""
@@ -689,6 +746,8 @@ class AlertService:
         delivering leaves it to that worker (after the one in hand) and takes the next,
         so a busy alert holds up nobody else."""
         while True:
+            while lane.spilled and lane.queue.empty():
+                await self._refill(lane)
             n = await lane.queue.get()
             fp = n.alert.fingerprint
             behind = lane.busy.get(fp)
@@ -708,13 +767,62 @@ class AlertService:
                     lane.queue.task_done()
                 # Not in `finally`: a notification interrupted by shutdown stays undelivered.
                 lane.pending -= 1
+                lane.in_memory.discard(current.id)
                 self._update_idle()
                 current = behind.popleft() if behind else None
             del lane.busy[fp]
 
+    async def _hand(self, lane: _Lane, n: Notification, *, recorded: str = "record") -> None:
+        """Queue `n` (already counted in `lane.pending`) on its lane. A full lane, or
+        one still taking back what did not fit, leaves it owed in the store, where it
+        was `recorded` just before, and the lane takes it back in order once it has
+        caught up. Only when that write failed does this wait for room instead."""
+        if not lane.spilled and not lane.queue.full():
+            lane.queue.put_nowait(n)
+            lane.in_memory.add(n.id)
+            return
+        if recorded in self._store_failing:
+            # Not in the store: holding everyone up beats losing it.
+            await lane.queue.put(n)
+            lane.in_memory.add(n.id)
+            return
+        if not lane.spilled:
+            log.warning(
+                "receiver %s is %d notifications behind; what comes next waits in the alert "
+                "store until it catches up",
+                lane.name,
+                lane.queue.qsize(),
+            )
+        lane.spilled = True
+
+    async def _refill(self, lane: _Lane) -> None:
+        """Take back, oldest first, what a lane that fell behind left in the store."""
+        async with lane.refilling:
+            if not lane.spilled or not lane.queue.empty():
+                return  # another worker of the lane did it
+            assert self._store is not None  # noqa: S101 - set in __aenter__
+            room = lane.queue.maxsize
+            try:
+                # One more than there is room for: whether more is left.
+                rows = await self._store.owed(lane.name, limit=room + 1 + len(lane.in_memory))
+            except AlertStoreError:
+                log.exception("alert store unreadable: receiver %s waits for it", lane.name)
+                await self._sleep(1.0)
+                return
+            # After the read, against what is in memory now: a notification queued
+            # meanwhile is not taken twice. Every write that the read did not see is
+            # handed on after it returns, and finds the lane as this leaves it.
+            waiting = [n for n in rows if n.id not in lane.in_memory]
+            for n in waiting[:room]:
+                lane.queue.put_nowait(n)
+                lane.in_memory.add(n.id)
+            lane.spilled = len(waiting) > room
+            if not lane.spilled:
+                log.info("receiver %s has caught up with what waited in the alert store", lane.name)
+
     async def _deliver(self, n: Notification, lane: _Lane) -> None:
         started = self._monotonic()
-        cap = self._give_up_after
+        cap = lane.give_up_after
         attempt = 1
         while True:
             # Bound the attempt itself too: a notifier that never returns must
@@ -739,18 +847,20 @@ class AlertService:
                 await self._succeeded(n, lane, attempts=attempt, started=started)
                 return
             delay = 0.0
-            if retryable and attempt < self._attempts:
-                delay = self._backoff(attempt)
+            last = lane.attempts is not None and attempt >= lane.attempts
+            if retryable and not last:
+                delay = self._backoff(attempt, lane.max_delay)
                 elapsed = self._monotonic() - started
                 if elapsed + delay >= cap:
                     # The retry would start past the cap: give up now, not later.
                     detail = f"{detail}; gave up after {elapsed:.1f} s (limit {cap:g} s)"
                     retryable = False
-            if not retryable or attempt >= self._attempts:
+            if not retryable or last:
                 self._attempt_failed(lane, detail, f"dropping notification {n.id}")
                 await self._gave_up(n, lane, detail, attempts=attempt, started=started)
                 return
-            self._attempt_failed(lane, detail, f"retrying (attempt {attempt} of {self._attempts})")
+            of = "" if lane.attempts is None else f" of {lane.attempts}"
+            self._attempt_failed(lane, detail, f"retrying (attempt {attempt}{of})")
             log.debug(
                 "retrying %s to %s in %.3f s after attempt %d: %s",
                 n.id,
@@ -770,9 +880,9 @@ class AlertService:
                 await self._sleep(wait)
         lane.last_attempt = self._monotonic()
 
-    def _backoff(self, attempt: int) -> float:
+    def _backoff(self, attempt: int, max_delay: float) -> float:
         # Exponent capped so a large `attempts` cannot overflow the float.
-        ceiling = min(self._max_delay, self._base_delay * 2 ** min(attempt - 1, 62))
+        ceiling = min(max_delay, self._base_delay * 2 ** min(attempt - 1, 62))
         return self._rng.uniform(0.0, ceiling)
 
     def _attempt_failed(self, lane: _Lane, detail: str, action: str) -> None:
@@ -836,7 +946,7 @@ class AlertService:
             write = self._store.owe(n, fallback.name, now_ms=self._clock.now_ms())
             await self._keep("fallback", write, f"{n.id} to {fallback.name}")
             fallback.pending += 1
-            await fallback.queue.put(n)
+            await self._hand(fallback, n, recorded="fallback")
 
     async def _report(
         self,

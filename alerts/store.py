@@ -221,6 +221,11 @@ class AlertStore:
         """(receiver, notification) still owed, in the order they were recorded."""
         return await self._run(_pending)  # type: ignore[no-any-return]
 
+    async def owed(self, receiver: str, *, limit: int) -> list[Notification]:
+        """Up to `limit` notifications still owed to `receiver`, oldest first (what a
+        lane that fell behind takes back from the store)."""
+        return await self._run(_owed, receiver, limit)  # type: ignore[no-any-return]
+
     async def rows(self, state: RowState | None = None, *, limit: int = 1000) -> list[OutboxRow]:
         """The outbox, newest first; `state` to list only pending, delivered or dead rows."""
         return await self._run(_rows, state, limit)  # type: ignore[no-any-return]
@@ -340,6 +345,16 @@ def _pending(db: sqlite3.Connection) -> list[tuple[str, Notification]]:
         (receiver, _notification_decoder.decode(body))
         for receiver, body in db.execute(
             "SELECT receiver, body FROM outbox WHERE state = 'pending' ORDER BY id"
+        )
+    ]
+
+
+def _owed(db: sqlite3.Connection, receiver: str, limit: int) -> list[Notification]:
+    return [
+        _notification_decoder.decode(body)
+        for (body,) in db.execute(
+            "SELECT body FROM outbox WHERE state = 'pending' AND receiver = ? ORDER BY id LIMIT ?",
+            (receiver, limit),
         )
     ]
 

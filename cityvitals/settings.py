@@ -139,6 +139,9 @@ class WebhookSection(_Section, frozen=True):
     rate_per_minute: Annotated[float, msgspec.Meta(gt=0, le=100_000)] | None = None
     #: Requests in flight at once (different alerts; one alert's stay in order).
     concurrency: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
+    #: How long one notification is retried while the receiver fails (then: a dead
+    #: letter, and the fallback); a receiver down for an hour still gets it.
+    retry_for_s: Annotated[float, msgspec.Meta(gt=0, le=7 * 86_400)] = 3600.0
 
 
 class AlertsApiSection(_Section, frozen=True):
@@ -339,6 +342,7 @@ class WebhookSettings:
     format: str = "json"
     rate_per_minute: float | None = None
     concurrency: int = 1
+    retry_for_s: float = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -710,6 +714,7 @@ def _webhooks(path: Path, sections: tuple[WebhookSection, ...]) -> tuple[Webhook
                 hook.format,
                 hook.rate_per_minute,
                 hook.concurrency,
+                hook.retry_for_s,
             )
         )
     return tuple(hooks)

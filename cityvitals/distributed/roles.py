@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import AsyncIterator, Callable, Collection
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from types import TracebackType
@@ -56,6 +56,8 @@ from stream.sinks.tee import TeeSink
 from stream.worker import TABLES, StreamWorker, create_worker_app, watch_recovery
 
 log = logging.getLogger(__name__)
+#: How long a Grafana annotation is retried while Grafana fails.
+GRAFANA_RETRY_FOR_S = 3600.0
 
 ROLES = ("gateway", "stream", "alerts")
 
@@ -256,6 +258,16 @@ def _ack_links(api: AlertsApiSettings, clock: SystemClock) -> Callable[[Alert], 
     return link
 
 
+def _retry_for(a: AlertSettings, notifiers: Sequence[Notifier]) -> dict[str, float]:
+    """How long each receiver is retried: a webhook as its settings say, Grafana for
+    an hour (down that long, it loses no annotation); the console as the service says."""
+    out = {w.name: w.retry_for_s for w in a.webhooks}
+    out.update(
+        (n.name, GRAFANA_RETRY_FOR_S) for n in notifiers if isinstance(n, GrafanaAnnotations)
+    )
+    return out
+
+
 def _ladder(a: AlertSettings) -> Ladder | None:
     if not a.escalation:
         return None
@@ -357,6 +369,7 @@ class AlertsRole:
                 router=_router(a, [n.name for n in notifiers]),
                 ladder=_ladder(a),
                 on_response=on_response,
+                retry_for=_retry_for(a, notifiers),
             )
         )
         if a.api is not None:

@@ -226,10 +226,46 @@ async def test_worker_survives_notifiers_and_hooks_that_break_their_contract(
     assert any("raised unexpectedly" in r.getMessage() for r in caplog.records)
 
 
-async def test_full_queue_makes_submit_wait_and_drops_nothing() -> None:
-    """With lane and queue full, submit blocks until a slot frees; every warning arrives."""
+async def test_a_receiver_a_full_lane_behind_holds_up_nobody(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A stuck receiver's lane fills: what does not fit waits in the alert store, the other
+    receiver gets everything at once, and once the stuck one answers it gets every
+    notification, in order, exactly once; the log says when it fell behind and caught up."""
+    gated, fast, rec = Gated(), Scripted("fast"), Recorder()
+    with caplog.at_level(logging.INFO, logger="alerts.service"):
+        async with service([gated, fast], rec, queue_size=2) as svc:
+            for fp in "abcdefg":
+                await asyncio.wait_for(svc.submit(warning(Level.RED, fp=fp)), WAIT)
+            await wait_until(lambda: svc.stats().delivered == 7, "fast to get all seven")
+            # "a" in hand, "b" and "c" queued, the other four in the store.
+            assert svc.stats().undelivered == 7
+            assert gated.calls == [gated.calls[0]]
+            gated.gate.set()
+            await asyncio.wait_for(svc.drain(), WAIT)
+    assert [n.alert.fingerprint for n in gated.delivered] == list("abcdefg")
+    assert [n.alert.fingerprint for n in fast.delivered] == list("abcdefg")
+    assert svc.stats().delivered == 14
+    said = [r.getMessage() for r in caplog.records]
+    assert (
+        "receiver gated is 2 notifications behind; what comes next waits in the alert store "
+        "until it catches up" in said
+    )
+    assert "receiver gated has caught up with what waited in the alert store" in said
+
+
+async def test_with_the_store_failing_a_full_lane_makes_submit_wait(tmp_path) -> None:
+    """Not in the store, a notification cannot wait there: then a full lane holds the book
+    worker and a full warning queue makes submit wait (backpressure), and nothing is lost."""
+    import sqlite3
+
+    from alerts.store import AlertStore
+
+    path = tmp_path / "alerts.sqlite3"
     gated, rec = Gated(), Recorder()
-    async with service([gated], rec, queue_size=1) as svc:
+    async with AlertStore(path) as store, service([gated], rec, queue_size=1, store=store) as svc:
+        with sqlite3.connect(path) as other:
+            other.execute("DROP TABLE outbox")
         await svc.submit(warning(Level.RED, fp="a"))
         await asyncio.wait_for(gated.entered.wait(), WAIT)  # the lane worker holds "a"
         # "b" fills the lane, the book worker waits to put "c" there, "d" fills the queue.
@@ -383,6 +419,47 @@ async def test_per_receiver_order_survives_retries() -> None:
         ("x", "firing"), ("y", "firing"), ("x", "level_changed"), ("x", "resolved"),
         ("y", "level_changed"), ("y", "resolved"),
     ]  # fmt: skip
+
+
+async def test_a_receiver_down_for_most_of_an_hour_still_gets_it_once() -> None:
+    """With `retry_for` an hour, a webhook refusing for 50 minutes (10 s timeouts) is
+    retried, never more than a minute apart and without an attempt cap, and gets the
+    notification once it is back; another receiver down as long, on the service's 25 s
+    and 5 attempts, was given up on."""
+    mono = FakeMonotonic()
+    delays: list[float] = []
+
+    class DownUntil(Scripted):
+        async def send(self, n: Notification) -> None:
+            mono.now += 10.0
+            if mono.now < 3000:
+                self.calls.append(n.id)
+                raise DeliveryError(self.name, "no response within 10 s", retryable=True)
+            await super().send(n)
+
+    async def sleep(delay: float) -> None:
+        delays.append(delay)
+        mono.now += delay
+
+    hook, rec = DownUntil("hook"), Recorder()
+    short = Scripted("short", errors=tuple(retryable() for _ in range(100)))
+    async with AlertService(
+        [hook, short],
+        clock=ManualClock(),
+        give_up_after=25.0,
+        retry_for={"hook": 3600.0},
+        monotonic=mono,
+        sleep=sleep,
+        on_delivery=rec.on_delivery,
+        rng=random.Random(7),
+    ) as svc:
+        await svc.submit(warning(Level.RED))
+        await asyncio.wait_for(svc.drain(), WAIT)
+    outcomes = {(receiver, outcome) for _, receiver, outcome, _ in rec.deliveries}
+    assert outcomes == {("hook", "delivered"), ("short", "failed")}
+    assert len(hook.delivered) == 1
+    assert len(hook.calls) > 5  # past the service's 5 attempts
+    assert max(delays) <= 60.0
 
 
 async def test_gives_up_after_the_time_cap_between_attempts() -> None:

@@ -159,6 +159,35 @@ async def test_a_dead_letter_is_kept_with_its_reason_falls_back_and_can_be_retri
         assert (await store.counts())["dead"] == 0
 
 
+async def test_more_owed_than_a_lane_holds_holds_up_no_new_warning(tmp_path: Path) -> None:
+    """Restarted owing more to a receiver that is still down than its lane holds: the
+    rest waits in the store, new warnings are still recorded at once, and once the
+    receiver answers it gets every notification, oldest first, each once."""
+    path = tmp_path / "alerts.sqlite3"
+    async with AlertStore(path) as store, service([Hanging("ops")], store, drain_timeout=0) as svc:
+        for i in range(5):
+            await svc.submit(make_warning(Level.RED, fp=f"old-{i}", node=f"wl-{i}"))
+        await asyncio.wait_for(svc.recorded(), WAIT)
+    gate = asyncio.Event()
+
+    class Gated(Receiver):
+        async def send(self, n: Notification) -> None:
+            await gate.wait()
+            await super().send(n)
+
+    ops = Gated("ops")
+    async with AlertStore(path) as store, service([ops], store, queue_size=2) as svc:
+        for i in range(3):
+            await svc.submit(make_warning(Level.RED, fp=f"new-{i}", node=f"wl-{i}"))
+        await asyncio.wait_for(svc.recorded(), WAIT)  # not held up by the lane
+        assert svc.stats().resumed == 5
+        gate.set()
+        await asyncio.wait_for(svc.drain(), WAIT)
+        assert (await store.counts())["pending"] == 0
+    got = [n.alert.fingerprint for n in ops.got]
+    assert got == [f"old-{i}" for i in range(5)] + [f"new-{i}" for i in range(3)]
+
+
 async def test_owed_to_a_receiver_no_longer_configured_is_left_and_said(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

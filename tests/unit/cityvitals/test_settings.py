@@ -232,6 +232,7 @@ def test_the_deploy_example_loads(tmp_path: Path):
     ding = s.alerts.webhooks[2]
     assert (ding.format, ding.secrets, ding.rate_per_minute) == ("dingtalk", (b"SEC0123",), 20)
     assert s.alerts.webhooks[0].secrets == (b"new-secret", b"old-secret")
+    assert [w.retry_for_s for w in s.alerts.webhooks] == [3600, 3600, 3600]
     assert s.alerts.fallback == "duty-phone"
     assert [(name, after) for name, _, after, _ in s.alerts.escalation] == [
         ("street", 0),
@@ -321,7 +322,7 @@ ROUTE = "[[alerts.route]]\nmatch = [{{ {match} }}]\nreceivers = [{to}]\n\n[alert
         (
             ("\ntimeout_s = 3", "\ntimeout = 3"),
             "alerts.webhook[1].timeout",
-            "format, name, rate_per_minute, secret_file, timeout_s, url",
+            "format, name, rate_per_minute, retry_for_s, secret_file, timeout_s, url",
         ),
         (('data_dir = "state"', '"data dir" = "state"'), '"data dir"', "known keys"),
         # wrong types
@@ -341,6 +342,11 @@ ROUTE = "[[alerts.route]]\nmatch = [{{ {match} }}]\nreceivers = [{to}]\n\n[alert
         (("batch_within_s = 0.5", "batch_within_s = 0"), "stream.batch_within_s", "> 0"),
         (("sweep_every_s = 5", "sweep_every_s = -1"), "presence.sweep_every_s", "> 0"),
         (("\ntimeout_s = 3", "\ntimeout_s = 0"), "alerts.webhook[1].timeout_s", "> 0"),
+        (
+            ("\ntimeout_s = 3", "\ntimeout_s = 3\nretry_for_s = 0"),
+            "alerts.webhook[1].retry_for_s",
+            "> 0",
+        ),
         (("keepalive = 20", "keepalive = 1"), "mqtt.keepalive", ">= 5"),
         (("session_timeout_s = 30", "session_timeout_s = 1"), "stream.session_timeout_s", ">= 6"),
         # patterns and shapes
