@@ -495,6 +495,78 @@ def city_check(path: Path) -> None:
     )
 
 
+@city.command("credentials")
+@click.argument(
+    "registry_path", metavar="REGISTRY", type=click.Path(dir_okay=False, path_type=Path)
+)
+@click.option(
+    "--out",
+    "directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Where to write passwords/, mosquitto.passwd and mosquitto.acl "
+    "(deploy/mosquitto/auth for the compose stack).",
+)
+@click.option(
+    "--agents",
+    "agents_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="A CSV agent,node: which edge agent publishes for which node "
+    "[default: every node is its own agent].",
+)
+@click.option(
+    "--rotate",
+    multiple=True,
+    metavar="USER",
+    help="Give this user a new password (again for more); the others keep theirs.",
+)
+def city_credentials(
+    registry_path: Path, directory: Path, agents_path: Path | None, rotate: tuple[str, ...]
+) -> None:
+    """Issue broker credentials and the ACL from a registry: a password per edge agent,
+    allowed to publish only its own nodes' topics, and the gateway's (reads city/#).
+
+    Existing users keep their passwords unless --rotate names them; users no longer in
+    the registry are revoked. Reload Mosquitto afterwards (SIGHUP; in the compose
+    stack: docker compose kill -s HUP mosquitto). docs/operations.md has the steps.
+    """
+    from cityvitals.credentials import issue, load_assignment
+    from cityvitals.registry import Registry
+
+    try:
+        registry = Registry.load(registry_path)
+        assignment = None if agents_path is None else load_assignment(agents_path)
+        issued = issue(
+            registry,
+            directory,
+            assignment=assignment,
+            rotate=rotate,
+            source=str(agents_path or registry_path),
+        )
+    except CityvitalsError as exc:
+        raise click.ClickException(str(exc)) from exc
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--rotate") from exc
+
+    def said(what: str, users: tuple[str, ...]) -> str:
+        shown = ", ".join(users[:5]) + (f" and {len(users) - 5} more" if len(users) > 5 else "")
+        return f"{len(users)} {what}" + (f" ({shown})" if users and what != "kept" else "")
+
+    click.echo(
+        f"{directory}: {len(issued.users)} users; "
+        + "; ".join(
+            said(what, users)
+            for what, users in (
+                ("new", issued.added),
+                ("rotated", issued.rotated),
+                ("revoked", issued.revoked),
+                ("kept", issued.kept),
+            )
+        )
+    )
+    click.echo(f"passwords in {directory / 'passwords'} (0600): copy each to its device")
+
+
 @main.group()
 def rules() -> None:
     """Early-warning rule files: check one and list what it would run."""
