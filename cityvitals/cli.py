@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -565,6 +565,107 @@ def city_credentials(
         )
     )
     click.echo(f"passwords in {directory / 'passwords'} (0600): copy each to its device")
+
+
+@main.group()
+def grafana() -> None:
+    """Grafana dashboards as code: write them for file provisioning, or push them."""
+
+
+def _secret(value: str | None, path: Path | None, what: str) -> str:
+    if path is not None:
+        try:
+            value = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise click.ClickException(f"{path}: cannot read the {what}: {exc}") from exc
+    if not value:
+        raise click.UsageError(f"the {what} is needed (its file, or the option / variable)")
+    return value
+
+
+@grafana.command("build")
+@click.option(
+    "--out",
+    "directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("deploy/grafana/dashboards"),
+    show_default=True,
+    help="Where Grafana's file provisioning reads dashboards.",
+)
+def grafana_build(directory: Path) -> None:
+    """Write every dashboard as JSON (one file per board, by uid)."""
+    from cityvitals.dashboards.files import write_dashboards
+
+    written = write_dashboards(directory)
+    click.echo(
+        f"{directory}: {len(written)} dashboards (" + ", ".join(p.stem for p in written) + ")"
+    )
+
+
+@grafana.command("provision")
+@click.option(
+    "--url",
+    required=True,
+    callback=_check_http_url,
+    help="Grafana, e.g. https://grafana.city.example",
+)
+@click.option(
+    "--token",
+    envvar="CITYVITALS_GRAFANA_TOKEN",
+    help="A service account token [env CITYVITALS_GRAFANA_TOKEN].",
+)
+@click.option(
+    "--token-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="A file holding it instead.",
+)
+@click.option(
+    "--influx-url", help="Also set up the InfluxDB data source: InfluxDB as Grafana reaches it."
+)
+@click.option("--influx-org", default="cityvitals", show_default=True)
+@click.option("--influx-bucket", default="cityvitals", show_default=True)
+@click.option(
+    "--influx-token-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="A read token for that InfluxDB.",
+)
+def grafana_provision(
+    *,
+    url: str,
+    token: str | None,
+    token_file: Path | None,
+    influx_url: str | None,
+    influx_org: str,
+    influx_bucket: str,
+    influx_token_file: Path | None,
+) -> None:
+    """Push the cityvitals folder, the InfluxDB data source (with --influx-url) and every
+    dashboard to a running Grafana. Running it again changes nothing it did."""
+    from grafana_client.api import GrafanaApi
+
+    from cityvitals.dashboards.provision import InfluxSource, provision
+
+    api = GrafanaApi.from_url(url, credential=_secret(token, token_file, "Grafana token"))
+    source = None
+    if influx_url is not None:
+        source = InfluxSource(
+            influx_url,
+            influx_org,
+            influx_bucket,
+            _secret(None, influx_token_file, "InfluxDB token (--influx-token-file)"),
+        )
+    try:
+        done = provision(api, source=source)
+    except CityvitalsError as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        session: Any = api.client.s  # grafana-client opens it; nobody else closes it
+        session.close()
+    click.echo(
+        f"{url}: folder cityvitals {done.folder}"
+        + (f", data source {done.datasource}" if done.datasource else "")
+        + f", {len(done.dashboards)} dashboards written"
+    )
 
 
 @main.group()

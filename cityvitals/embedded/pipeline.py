@@ -30,6 +30,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from alerts.escalation import Ladder
+from alerts.metrics import Observation
 from alerts.model import Notification
 from alerts.notify import Notifier
 from alerts.service import AlertService
@@ -85,7 +86,8 @@ class EmbeddedPipeline:
     """`async with EmbeddedPipeline(city, data_dir=...) as p:` then publish to `p.broker`.
 
     `extra_sinks` get every reading and warning too, after the embedded store
-    (through a `TeeSink`), such as an open `stream.sinks.influx.InfluxSink`.
+    (through a `TeeSink`), such as an open `stream.sinks.influx.InfluxSink`;
+    those with `write_response` get the alerts' response times as well.
     They are the caller's: open before the pipeline starts and closed after
     it stopped, so they see everything the stream flushed.
     """
@@ -169,6 +171,7 @@ class EmbeddedPipeline:
                 # warning calls in the steps due by its time, and `drain` ticks
                 # at the newest reading's.
                 tick_every=None if self._event_clock else 15.0,
+                on_response=self._on_response,
             )
         )
         app = create_embedded_app(self.data_dir)
@@ -239,6 +242,13 @@ class EmbeddedPipeline:
             clock.at(warning.ts_ms)
             await self.alerts.submit(warning)
             await self.alerts.recorded()
+
+    async def _on_response(self, o: Observation) -> None:
+        for sink in self._extra_sinks:
+            write = getattr(sink, "write_response", None)
+            if write is not None:
+                await write(o)
+                await sink.flush()
 
     async def _record_delivery(
         self, n: Notification, receiver: str, outcome: str, detail: str

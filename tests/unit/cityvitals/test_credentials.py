@@ -36,7 +36,7 @@ def passwords() -> object:
 
 def checks(line: str, password: str) -> bool:
     """Verify a password line as Mosquitto does: PBKDF2-SHA512 over the salt."""
-    user, rest = line.split(":", 1)
+    _, rest = line.split(":", 1)
     _, seven, rounds, salt, digest = rest.split("$")
     assert seven == "7"
     derived = hashlib.pbkdf2_hmac("sha512", password.encode(), base64.b64decode(salt), int(rounds))
@@ -93,9 +93,9 @@ def test_a_wrong_agents_file_names_the_line(tmp_path: Path, body: str, message: 
 def test_every_node_needs_an_agent_and_no_stranger_gets_one() -> None:
     nodes = [d.node for d in CITY]
     with pytest.raises(ConfigError, match="an agent for every node"):
-        agents_of(CITY, {n: "pi" for n in nodes[1:]})
+        agents_of(CITY, dict.fromkeys(nodes[1:], "pi"))
     with pytest.raises(ConfigError, match="nodes of the registry"):
-        agents_of(CITY, {**{n: "pi" for n in nodes}, "ghost-1": "pi"})
+        agents_of(CITY, {**dict.fromkeys(nodes, "pi"), "ghost-1": "pi"})
 
 
 def test_issue_keeps_rotates_and_revokes(tmp_path: Path) -> None:
