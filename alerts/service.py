@@ -96,6 +96,15 @@ class AlertStats(msgspec.Struct, frozen=True, kw_only=True):
     inhibited: int = 0
 
 
+class ReceiverStats(msgspec.Struct, frozen=True):
+    """One receiver's share of `AlertStats`."""
+
+    name: str
+    delivered: int
+    failed: int
+    pending: int
+
+
 class _Lane:
     """One receiver's queue, worker and health (for state-change logging)."""
 
@@ -118,6 +127,9 @@ class _Lane:
         self.max_delay = max_delay
         #: Notifications handed to this lane (or being handed) and not yet settled.
         self.pending = 0
+        #: Since start: notifications this receiver took, and those given up on.
+        self.delivered = 0
+        self.failed = 0
         #: The ids of those in memory (queued, waiting behind their alert, or in hand).
         self.in_memory: set[str] = set()
         #: Set once the lane was full: what came since is owed in the store, not queued.
@@ -320,6 +332,13 @@ class AlertService:
             muted=self._muted,
             inhibited=self._inhibited,
         )
+
+    def receivers(self) -> list[ReceiverStats]:
+        """Per receiver: delivered and failed since start, and what it is still owed."""
+        return [
+            ReceiverStats(lane.name, lane.delivered, lane.failed, lane.pending)
+            for lane in self._lanes
+        ]
 
     async def __aenter__(self) -> Self:
         if self._workers is not None:
@@ -903,6 +922,7 @@ class AlertService:
         # Settled in the store first: a delivery counted is one a restart will not resend.
         await self._settle(n, lane, "delivered", "", attempts)
         self._delivered += 1
+        lane.delivered += 1
         if lane.failing:
             log.info(
                 "receiver %s recovered after %d failed deliveries (%d failed attempts)",
@@ -929,6 +949,7 @@ class AlertService:
     ) -> None:
         await self._settle(n, lane, "dead", detail, attempts)
         self._failed += 1
+        lane.failed += 1
         lane.failed_deliveries += 1
         log.debug(
             "%s notification %s for alert %s to %s failed: %s",

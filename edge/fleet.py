@@ -19,9 +19,11 @@ from contextlib import AsyncExitStack, suppress
 from dataclasses import dataclass
 from typing import Any
 
+from cityvitals.clock import EventClock
 from cityvitals.config import BrokerSettings
-from cityvitals.contract import CONTRACT_VERSION, Reading
+from cityvitals.contract import CONTRACT_VERSION, Reading, encode
 from cityvitals.registry import Registry
+from cityvitals.topics import agent_status_topic
 from edge.buffer import MemoryBuffer, Outbound
 from edge.publisher import EdgePublisher
 from edge.simulate import DAY_S, NodeSimulator, Scenario
@@ -59,6 +61,7 @@ class SimulatedFleet:
         day_s: float = DAY_S,
         on_ack: Callable[[Outbound], None] | None = None,
         buffer_size: int = 5_000,
+        heartbeat_s: float = 3600.0,
     ) -> None:
         self.city = city
         self.scenario = scenario
@@ -70,6 +73,9 @@ class SimulatedFleet:
         self._sims = {d.node: NodeSimulator(d, scenario, seed=seed) for d in city}
         self._on_ack = on_ack
         self._buffer_size = buffer_size
+        #: Heartbeats every this many ticks of simulated time (an hour by default).
+        self._heartbeat_ticks = max(1, round(heartbeat_s / interval_s))
+        self._sim_clock = EventClock(day_start_ms)
         self._agents: dict[str, list[str]] = {}
         for device in city:
             agent = f"{device.grid[:2]}-{device.street.split()[0]}".lower()
@@ -113,6 +119,8 @@ class SimulatedFleet:
                     nodes=[(n, self._sims[n].device.kind) for n in nodes],
                     on_ack=self._count_ack,
                     buffer=MemoryBuffer(maxsize=self._buffer_size),
+                    # The agents' statuses are dated on the simulated day, as its readings are.
+                    clock=self._sim_clock,
                 )
                 await stack.enter_async_context(publisher)
                 self._publishers.append(publisher)
@@ -138,7 +146,10 @@ class SimulatedFleet:
                     if stop.is_set():
                         continue
                 t = tick * self.interval_s
+                self._sim_clock.at(self.day_start_ms + round(t * 1000))
                 self._announce(t)
+                if tick and tick % self._heartbeat_ticks == 0:
+                    await self._heartbeats()
                 for node, sim in self._sims.items():
                     if not await self._submit(by_node[node], self._reading(node, sim, t), stop):
                         break
@@ -189,6 +200,14 @@ class SimulatedFleet:
             log.error("fleet: %d readings never acknowledged by the broker", left)
         else:
             log.info("fleet: %d readings published and acknowledged", self._acked)
+
+    async def _heartbeats(self) -> None:
+        """Each agent's heartbeat, as a real one sends it: alive, and how far behind."""
+        for publisher in self._publishers:
+            status = publisher.agent_status("online", buffer_depth=publisher.pending)
+            await publisher.publish_now(
+                agent_status_topic(publisher.agent_id), encode(status), retain=True
+            )
 
     def submitted_keys(self) -> set[tuple[str, int]]:
         """Every (node, seq) the simulated nodes took, acknowledged or not."""

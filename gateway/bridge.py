@@ -45,6 +45,7 @@ from cityvitals.registry import Registry
 from cityvitals.tasks import cancel_and_wait
 from cityvitals.topics import ALL_NODES_FILTER
 from gateway.dedup import SeqWindow
+from gateway.health import OnAgent, hand_on
 from gateway.router import Router
 from gateway.validate import Validator
 
@@ -85,6 +86,7 @@ class Gateway:
         rng: random.Random | None = None,
         on_forwarded: Callable[[str, int], None] | None = None,
         presence: Forward | None = None,
+        on_agent: OnAgent | None = None,
     ) -> None:
         self.broker = broker
         self._forward = forward
@@ -96,6 +98,7 @@ class Gateway:
         self._backoff = backoff
         self._rng = rng or random.Random()
         self._on_forwarded = on_forwarded
+        self._on_agent = on_agent
         self._task: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
         self._counts: Counter[str] = Counter()
@@ -249,6 +252,8 @@ class Gateway:
                     self._counts["presence_lost"] += 1
                     if self._counts["presence_lost"] == 1:
                         log.exception("gateway: presence sink failed")
+        if route.agent is not None and self._on_agent is not None:
+            await hand_on(self._on_agent, route.agent, self._clock.now_ms(), self._counts)
         if route.refused is None:
             return
         try:

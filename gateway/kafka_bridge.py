@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections import Counter
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
@@ -47,6 +48,7 @@ from cityvitals.registry import Registry
 from cityvitals.tasks import cancel_and_wait
 from cityvitals.topics import ALL_NODES_FILTER
 from gateway.dedup import SeqWindow
+from gateway.health import OnAgent, hand_on
 from gateway.router import Route, Router, RouterStats
 
 log = logging.getLogger(__name__)
@@ -106,6 +108,7 @@ class KafkaGateway:
         drain_timeout: float = 10.0,
         linger_ms: int = 5,
         stall_s: float = 5.0,
+        on_agent: OnAgent | None = None,
     ) -> None:
         if not 1 <= max_unacked <= 65535:
             raise ValueError("max_unacked must be 1..65535 (MQTT's Receive Maximum)")
@@ -115,10 +118,11 @@ class KafkaGateway:
         self._client_id = client_id
         self._filter = f"$share/{share_group}/{ALL_NODES_FILTER}"
         self._max_unacked = max_unacked
-        self._router = Router(
-            registry, clock=clock or SystemClock(), dedup=SeqWindow(window=dedup_window)
-        )
+        self._clock = clock or SystemClock()
+        self._router = Router(registry, clock=self._clock, dedup=SeqWindow(window=dedup_window))
         self._backoff = backoff
+        self._on_agent = on_agent
+        self._agent_counts: Counter[str] = Counter()
         self._rng = rng or random.Random()
         self._drain_timeout = drain_timeout
         self._linger_ms = linger_ms
@@ -279,6 +283,10 @@ class KafkaGateway:
                     payload = message.payload
                     data = bytes(payload) if isinstance(payload, bytes | bytearray) else b""
                     route = self._router.route(message.topic.value, data)
+                    if route.agent is not None and self._on_agent is not None:
+                        await hand_on(
+                            self._on_agent, route.agent, self._clock.now_ms(), self._agent_counts
+                        )
                     records = self._records(route)
                     deliveries = [await self._send(producer, *r) for r in records]
                     # Unbounded queue, bounded by the broker: at most

@@ -33,6 +33,7 @@ import msgspec
 from cityvitals.clock import Clock
 from cityvitals.contract import (
     CONTRACT_VERSION,
+    AgentStatus,
     DeadLetter,
     EnrichedReading,
     Placement,
@@ -70,6 +71,8 @@ class Route:
     readings: tuple[Keyed, ...] = ()
     presence: tuple[Keyed, ...] = ()
     refused: DeadLetter | None = None
+    #: An edge agent's own status, for its health figures (buffer depth...).
+    agent: AgentStatus | None = None
 
 
 _NOTHING = Route()
@@ -206,7 +209,7 @@ class Router:
                         reason=agent.reason,
                     )
                 )
-            return Route(presence=tuple(reports))
+            return Route(presence=tuple(reports), agent=agent)
         status, device = self._validator.status(topic, payload)
         report = _presence(
             status.node,

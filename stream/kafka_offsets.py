@@ -88,6 +88,23 @@ class PartitionReader:
                 offset = (await consumer.beginning_offsets([part]))[part]
             return int(offset)
 
+    async def lag(self, topic: str, partitions: int) -> int:
+        """How far the group is behind on `topic`: its end offsets minus what it has
+        committed, over every partition (a partition never committed counts from its
+        first offset)."""
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        async with self._lock, asyncio.timeout(self._timeout_s):
+            consumer = await self._ready(tps[0])
+            consumer.assign(tps)
+            ends = await consumer.end_offsets(tps)
+            behind = 0
+            for tp in tps:
+                done = await consumer.committed(tp)
+                if done is None:
+                    done = (await consumer.beginning_offsets([tp]))[tp]
+                behind += max(0, int(ends[tp]) - int(done))
+            return behind
+
     async def read(self, tp: Hashable, start: int, stop: int) -> list[Record]:
         """Every record of `tp` with an offset in [start, stop), in order.
 

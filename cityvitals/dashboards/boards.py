@@ -725,11 +725,24 @@ def device_health() -> model.Dashboard:
         + "\n  |> aggregateWindow(every: v.windowPeriod, fn: mean, createEmpty: false)",
         unit="dBm",
     )
+    buffers = _series(
+        "Edge buffer depth, by agent",
+        range_of("agent")
+        + '\n  |> filter(fn: (r) => r._field == "buffer_depth")'
+        + '\n  |> group(columns: ["agent"])'
+        + "\n  |> aggregateWindow(every: v.windowPeriod, fn: max, createEmpty: false)",
+        unit="short",
+        description=(
+            "Readings waiting on each edge agent's disk for the broker, from its status "
+            "(birth, heartbeats, goodbye): growing means it cannot reach the broker."
+        ),
+    )
     return (
         _board("cityvitals-devices", "Device health", "Is every sensor there, and for how long?")
         .with_panel(nodes)
         .with_panel(batteries)
         .with_panel(signal)
+        .with_panel(buffers)
         .build()
     )
 
@@ -777,18 +790,67 @@ def pipeline_health() -> model.Dashboard:
         + "\n  |> aggregateWindow(every: v.windowPeriod, fn: max, createEmpty: false)",
         description="From `anomaly` rules (deploy/rules.toml); none without them.",
     )
+    backlog = _series(
+        "Stream backlog (Kafka lag)",
+        _counter("stream", "backlog", "instance", fn="max"),
+        unit="short",
+        description=(
+            "Readings the gateway forwarded that the stream has not handled yet: the "
+            "stream group's Kafka lag, as each worker sees it (the embedded pipeline: its "
+            "in-memory channel). Growing: add stream workers."
+        ),
+    )
+    dead = _series(
+        "Dead letters, by gateway",
+        _counter("gateway", "dead_letters", "instance"),
+        unit="short",
+        description=(
+            "Messages refused (malformed, unknown node, impossible value), totals since "
+            "each gateway started: a step up is new dead letters, each kept with its reason."
+        ),
+    )
+    failed = _series(
+        "Failed deliveries, by receiver",
+        _counter("alerts", "failed", "receiver"),
+        unit="short",
+        description=(
+            "Notifications given up after the receiver's retry horizon (dead letters of the "
+            "outbox: `cityvitals alerts outbox`), totals since the alerts service started."
+        ),
+    )
+    owed = _series(
+        "Notifications owed, by receiver",
+        _counter("alerts", "pending", "receiver", fn="max"),
+        unit="short",
+        description="Queued or being retried: a receiver that is down shows a growing line.",
+    )
     return (
         _board(
             "cityvitals-pipeline",
             "Pipeline health",
-            "What the stream stores and raises, and how late readings arrive.",
+            "What the stream stores and raises, how late readings arrive, and what is "
+            "stuck: backlog, dead letters, failed and owed notifications.",
             districts=False,
         )
         .with_panel(ingest)
+        .with_panel(backlog)
+        .with_panel(dead)
+        .with_panel(failed)
+        .with_panel(owed)
         .with_panel(delay)
         .with_panel(changes)
         .with_panel(scores)
         .build()
+    )
+
+
+def _counter(role: str, field: str, by: str, *, fn: str = "last") -> str:
+    """A role's counter (`pipeline`, stream.sinks.meter) per window, by `by`."""
+    return (
+        range_of("pipeline")
+        + f'\n  |> filter(fn: (r) => r.role == "{role}" and r._field == "{field}")'
+        + f'\n  |> group(columns: ["{by}"])'
+        + f"\n  |> aggregateWindow(every: v.windowPeriod, fn: {fn}, createEmpty: false)"
     )
 
 

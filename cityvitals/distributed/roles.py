@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
+import socket
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -38,13 +40,14 @@ from alerts.service import AlertService
 from alerts.silences import Matcher
 from alerts.store import AlertStore
 from cityvitals.clock import SystemClock
-from cityvitals.contract import decode_warning
+from cityvitals.contract import AgentStatus, decode_warning
 from cityvitals.distributed.topics import ensure_topics, seed_offsets
 from cityvitals.errors import CityvitalsError
 from cityvitals.registry import Registry
-from cityvitals.settings import AlertsApiSettings, AlertSettings, Settings
+from cityvitals.settings import AlertsApiSettings, AlertSettings, InfluxSettings, Settings
 from cityvitals.store import EmbeddedStore
 from cityvitals.tasks import cancel_and_wait
+from gateway.health import OnAgent
 from gateway.kafka_bridge import KafkaGateway, KafkaTopics
 from stream.agents import ReadingSink
 from stream.engine import RuleEngine
@@ -52,6 +55,8 @@ from stream.kafka_offsets import PartitionReader
 from stream.presence import PresencePolicy
 from stream.rules import load_rules
 from stream.sinks.influx import InfluxSink
+from stream.sinks.meter import Gauge, PipelineMeter
+from stream.sinks.points import FieldValue
 from stream.sinks.tee import TeeSink
 from stream.worker import TABLES, StreamWorker, create_worker_app, watch_recovery
 
@@ -126,10 +131,29 @@ async def running(settings: Settings, roles: Collection[str]) -> AsyncIterator[R
                     InfluxSink.from_settings(settings.influxdb)
                 )
                 sink = TeeSink(out.store, out.influx)
-            out.stream = await stack.enter_async_context(StreamRole(settings, sink))
+            out.stream = await stack.enter_async_context(
+                StreamRole(settings, sink, influx=out.influx)
+            )
         if "gateway" in roles:
             registry = Registry.load(settings.registry_path)
-            out.gateway = await stack.enter_async_context(gateway_for(settings, registry))
+            influx = out.influx
+            if influx is None and settings.influxdb is not None:
+                # The agents' health and the gateway's counters, through a spool of
+                # the gateway's own.
+                influx = await stack.enter_async_context(
+                    InfluxSink.from_settings(_own_spool(settings, "gateway"))
+                )
+            gateway = gateway_for(settings, registry, on_agent=_agent_writer(influx))
+            out.gateway = await stack.enter_async_context(gateway)
+            if influx is not None:
+                await stack.enter_async_context(
+                    PipelineMeter(
+                        influx,
+                        settings.gateway.client_id,
+                        lambda: [_gateway_gauge(gateway)],
+                        clock=SystemClock(),
+                    )
+                )
         log.info(
             "running %s (Kafka %s, MQTT %s:%d)",
             ", ".join(r for r in ROLES if r in roles),
@@ -140,7 +164,47 @@ async def running(settings: Settings, roles: Collection[str]) -> AsyncIterator[R
         yield out
 
 
-def gateway_for(settings: Settings, registry: Registry) -> KafkaGateway:
+def _own_spool(settings: Settings, role: str) -> InfluxSettings:
+    """The [influxdb] settings with a spool file of `role`'s own (one writer per spool)."""
+    assert settings.influxdb is not None  # noqa: S101 - the callers check
+    spool = settings.influxdb.spool_path
+    return dataclasses.replace(
+        settings.influxdb, spool_path=spool.with_name(f"{spool.stem}-{role}{spool.suffix}")
+    )
+
+
+def _instance() -> str:
+    """This process, as the `instance` tag of its counters."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def _agent_writer(influx: InfluxSink | None) -> OnAgent | None:
+    if influx is None:
+        return None
+
+    async def write(status: AgentStatus, received_ms: int) -> None:
+        await influx.write_agent(status, received_ms)
+        await influx.flush()
+
+    return write
+
+
+def _gateway_gauge(gateway: KafkaGateway) -> Gauge:
+    r = gateway.stats().routed
+    return Gauge(
+        "gateway",
+        {
+            "received": r.received,
+            "forwarded": r.forwarded,
+            "duplicates": r.duplicates,
+            "dead_letters": r.dead_letters,
+        },
+    )
+
+
+def gateway_for(
+    settings: Settings, registry: Registry, *, on_agent: OnAgent | None = None
+) -> KafkaGateway:
     k, g = settings.kafka, settings.gateway
     return KafkaGateway(
         settings.broker,
@@ -155,6 +219,7 @@ def gateway_for(settings: Settings, registry: Registry) -> KafkaGateway:
         share_group=g.share_group,
         max_unacked=g.max_unacked,
         dedup_window=g.dedup_window,
+        on_agent=on_agent,
     )
 
 
@@ -172,10 +237,18 @@ class StreamRole:
     """
 
     def __init__(
-        self, settings: Settings, sink: ReadingSink, *, recovery_stall_s: float = 60.0
+        self,
+        settings: Settings,
+        sink: ReadingSink,
+        *,
+        recovery_stall_s: float = 60.0,
+        influx: InfluxSink | None = None,
     ) -> None:
         s, k, p = settings.stream, settings.kafka, settings.presence
         self._recovery_stall_s = recovery_stall_s
+        self._readings_topic, self._partitions = k.readings_topic, k.partitions
+        self._meter: PipelineMeter | None = None
+        self._influx = influx
         engine = engine_for(settings)
         # Spatial rules count an area's registered nodes (for `fraction`) and
         # place the area from them; node rules need no registry here.
@@ -222,7 +295,27 @@ class StreamRole:
                 watch_recovery(self.app, stall_s=self._recovery_stall_s), name="recovery-watch"
             ),
         ]
+        if self._influx is not None:
+            self._meter = PipelineMeter(
+                self._influx, _instance(), self._gauges, clock=SystemClock()
+            )
+            await self._meter.__aenter__()
         return self.worker
+
+    async def _gauges(self) -> list[Gauge]:
+        p = self.worker.pipeline
+        fields: dict[str, FieldValue] = {
+            "processed": p.processed,
+            "duplicates": p.duplicates,
+            "errors": p.errors,
+            "warnings": p.warnings,
+        }
+        try:
+            # The group's, as this worker sees it: every worker reports the same.
+            fields["backlog"] = await self._reader.lag(self._readings_topic, self._partitions)
+        except (KafkaError, TimeoutError) as exc:
+            log.debug("stream backlog not measured: %s", exc)
+        return [Gauge("stream", fields)]
 
     async def __aexit__(
         self,
@@ -232,6 +325,8 @@ class StreamRole:
     ) -> None:
         for task in self._tasks:
             await cancel_and_wait(task)
+        if self._meter is not None:
+            await self._meter.__aexit__(None, None, None)
         await self.app.stop()
         await self._reader.__aexit__(None, None, None)
         p, o = self.worker.pipeline, self.worker.offsets
@@ -340,15 +435,13 @@ class AlertsRole:
         store = await self._stack.enter_async_context(AlertStore(a.store_path))
         clock = SystemClock()
         on_response = None
+        influx: InfluxSink | None = None
         if self.settings.influxdb is not None:
             # Response times go to InfluxDB for the dashboards, through a spool of
             # this role's own (the stream workers' is theirs).
-            spool = self.settings.influxdb.spool_path
-            own = dataclasses.replace(
-                self.settings.influxdb,
-                spool_path=spool.with_name(f"{spool.stem}-alerts{spool.suffix}"),
+            influx = await self._stack.enter_async_context(
+                InfluxSink.from_settings(_own_spool(self.settings, "alerts"))
             )
-            influx = await self._stack.enter_async_context(InfluxSink.from_settings(own))
 
             async def on_response(o: Observation) -> None:
                 await influx.write_response(o)
@@ -372,6 +465,23 @@ class AlertsRole:
                 retry_for=_retry_for(a, notifiers),
             )
         )
+        if influx is not None:
+            service = self.service
+            await self._stack.enter_async_context(
+                PipelineMeter(
+                    influx,
+                    _instance(),
+                    lambda: [
+                        Gauge(
+                            "alerts",
+                            {"delivered": r.delivered, "failed": r.failed, "pending": r.pending},
+                            receiver=r.name,
+                        )
+                        for r in service.receivers()
+                    ],
+                    clock=clock,
+                )
+            )
         if a.api is not None:
             await self._serve_api(a.api)
         k = self.settings.kafka

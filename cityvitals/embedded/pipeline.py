@@ -37,7 +37,7 @@ from alerts.service import AlertService
 from alerts.store import AlertStore
 from cityvitals.clock import Clock, EventClock, SystemClock
 from cityvitals.config import BrokerSettings
-from cityvitals.contract import Warning
+from cityvitals.contract import AgentStatus, Warning
 from cityvitals.errors import CityvitalsError
 from cityvitals.levels import Level
 from cityvitals.registry import Registry
@@ -48,9 +48,23 @@ from stream.agents import ReadingPipeline, ReadingSink
 from stream.app import create_embedded_app
 from stream.areas import AreaEngine
 from stream.engine import RuleEngine
+from stream.sinks.meter import Gauge, PipelineMeter
 from stream.sinks.tee import TeeSink
 
 log = logging.getLogger(__name__)
+
+
+class _NewestReading:
+    """A clock at the newest reading the store holds (the simulated day's "now")."""
+
+    def __init__(self, store: EmbeddedStore) -> None:
+        self._store = store
+
+    def now_ms(self) -> int:
+        return self._store.newest_reading_ms() or 0
+
+    def now(self) -> float:
+        return self.now_ms() / 1000
 
 
 class BrokerUnreachableError(CityvitalsError):
@@ -87,7 +101,9 @@ class EmbeddedPipeline:
 
     `extra_sinks` get every reading and warning too, after the embedded store
     (through a `TeeSink`), such as an open `stream.sinks.influx.InfluxSink`;
-    those with `write_response` get the alerts' response times as well.
+    those with `write_response`, `write_pipeline` and `write_agent` get the
+    alerts' response times, every stage's counters (every `meter_every_s`)
+    and the edge agents' health too.
     They are the caller's: open before the pipeline starts and closed after
     it stopped, so they see everything the stream flushed.
     """
@@ -107,6 +123,7 @@ class EmbeddedPipeline:
         extra_sinks: Sequence[ReadingSink] = (),
         ladder: Ladder | None = None,
         event_time: bool = False,
+        meter_every_s: float = 5.0,
     ) -> None:
         self.registry = registry
         self._engine = engine
@@ -119,6 +136,7 @@ class EmbeddedPipeline:
         self._connect_timeout = connect_timeout
         self._extra_sinks = tuple(extra_sinks)
         self._ladder = ladder
+        self._meter_every_s = meter_every_s
         #: The alert service's clock with `event_time`; None: the pipeline's own.
         self._event_clock = EventClock() if event_time else None
         self._handover = asyncio.Lock()
@@ -206,8 +224,18 @@ class EmbeddedPipeline:
                 # external broker by an earlier run must not feed this one.
                 client_id=f"cv-gateway-{uuid.uuid4().hex[:12]}",
                 on_forwarded=self._note_forwarded,
+                on_agent=self._on_agent if self._sinks_with("write_agent") else None,
             )
         )
+        # In event time the counters are dated by the newest reading, so a
+        # simulated day's board has them on that day.
+        dated: Clock = self._clock if self._event_clock is None else _NewestReading(self.store)
+        for metered in self._sinks_with("write_pipeline"):
+            await self._stack.enter_async_context(
+                PipelineMeter(
+                    metered, "embedded", self._gauges, clock=dated, every_s=self._meter_every_s
+                )
+            )
         try:
             await asyncio.wait_for(self.gateway.wait_subscribed(), timeout=self._connect_timeout)
         except TimeoutError:
@@ -242,6 +270,48 @@ class EmbeddedPipeline:
             clock.at(warning.ts_ms)
             await self.alerts.submit(warning)
             await self.alerts.recorded()
+
+    def _sinks_with(self, method: str) -> list[Any]:
+        return [s for s in self._extra_sinks if hasattr(s, method)]
+
+    async def _on_agent(self, status: AgentStatus, received_ms: int) -> None:
+        for sink in self._sinks_with("write_agent"):
+            await sink.write_agent(status, received_ms)
+            await sink.flush()
+
+    def _gauges(self) -> list[Gauge]:
+        g, s = self.gateway.stats(), self.stream
+        handled = s.processed + s.duplicates + s.errors
+        return [
+            Gauge(
+                "gateway",
+                {
+                    "received": g.received,
+                    "forwarded": g.forwarded,
+                    "duplicates": g.duplicates,
+                    "dead_letters": g.dead_letters,
+                },
+            ),
+            Gauge(
+                "stream",
+                {
+                    "processed": s.processed,
+                    "errors": s.errors,
+                    "warnings": s.warnings,
+                    # Forwarded and not yet handled: the in-memory channel's depth
+                    # (what Kafka lag is in the distributed mode).
+                    "backlog": max(0, g.forwarded - handled),
+                },
+            ),
+            *(
+                Gauge(
+                    "alerts",
+                    {"delivered": r.delivered, "failed": r.failed, "pending": r.pending},
+                    receiver=r.name,
+                )
+                for r in self.alerts.receivers()
+            ),
+        ]
 
     async def _on_response(self, o: Observation) -> None:
         for sink in self._extra_sinks:

@@ -67,7 +67,7 @@ import random
 import re
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -76,10 +76,18 @@ from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar
 import aiohttp
 
 from cityvitals.clock import Clock, SystemClock
-from cityvitals.contract import Placement, Reading, Warning
+from cityvitals.contract import AgentStatus, Placement, Reading, Warning
 from cityvitals.store import StoreError
 from cityvitals.tasks import cancel_and_wait, notify
-from stream.sinks.points import reading_line, response_line, score_line, warning_line
+from stream.sinks.points import (
+    FieldValue,
+    agent_line,
+    pipeline_line,
+    reading_line,
+    response_line,
+    score_line,
+    warning_line,
+)
 from stream.sinks.spool import Chunk, DeadBatch, Spool, SpoolTotals
 
 if TYPE_CHECKING:
@@ -322,6 +330,22 @@ class InfluxSink:
     async def write_response(self, o: Observation) -> None:
         """One alert response time (the alerts role's, `alerts.metrics`)."""
         await self._add(response_line(o))
+
+    async def write_pipeline(
+        self,
+        role: str,
+        instance: str,
+        fields: Mapping[str, FieldValue],
+        ts_ms: int,
+        *,
+        receiver: str = "",
+    ) -> None:
+        """One role's counters (`stream.sinks.meter`)."""
+        await self._add(pipeline_line(role, instance, fields, ts_ms, receiver=receiver))
+
+    async def write_agent(self, status: AgentStatus, received_ms: int) -> None:
+        """One edge agent's heartbeat (the gateway's)."""
+        await self._add(agent_line(status, received_ms))
 
     async def _add(self, text: str) -> None:
         self._check_open()

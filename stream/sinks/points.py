@@ -18,6 +18,14 @@ Three measurements (docs/influxdb.md has the whole schema and Flux queries):
 - `score`: one point per scored metric of a reading. Tags `node`, `kind`,
   `metric` and the placement; fields `anomaly_score` and `worst` (the name of
   the detector that scored highest); the time is the reading's.
+- `pipeline`: a role's counters, every few seconds (`stream.sinks.meter`).
+  Tags `role` (gateway, stream, alerts), `instance` and, for the alerts'
+  deliveries, `receiver`; integer fields, counters since the process
+  started (`received`, `dead_letters`, `delivered`, `failed`, ...) and
+  levels (`backlog`, `pending`).
+- `agent`: an edge agent's heartbeat (its `city/agent/<id>/status`). Tags
+  `agent` and `state`; fields `buffer_depth`, `buffer_bytes`, `dropped`,
+  `uptime_s` and `nodes`, those the heartbeat carries.
 
 Timestamps are milliseconds (the sink writes with `precision=ms`). A point
 is identified by its series (measurement and tags) and time, so writing the
@@ -47,21 +55,25 @@ from collections.abc import Mapping
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
-from cityvitals.contract import Placement, Reading, Warning
+from cityvitals.contract import AgentStatus, Placement, Reading, Warning
 
 if TYPE_CHECKING:
     from alerts.metrics import Observation
 
 __all__ = [
+    "AGENT",
+    "PIPELINE",
     "READING",
     "RESPONSE",
     "SCORE",
     "WARNING",
     "FieldValue",
+    "agent_line",
     "escape_field_key",
     "escape_tag",
     "field_value",
     "line",
+    "pipeline_line",
     "reading_line",
     "response_line",
     "score_line",
@@ -73,6 +85,8 @@ READING = "reading"
 WARNING = "warning"
 SCORE = "score"
 RESPONSE = "response"
+PIPELINE = "pipeline"
+AGENT = "agent"
 
 FieldValue = float | int | str | bool
 
@@ -226,6 +240,33 @@ def response_line(o: Observation) -> str:
     }
     fields: dict[str, FieldValue] = {"seconds": o.seconds, "fingerprint": o.fingerprint}
     return line(RESPONSE, tags, fields, o.at_ms)
+
+
+def pipeline_line(
+    role: str,
+    instance: str,
+    fields: Mapping[str, FieldValue],
+    ts_ms: int,
+    *,
+    receiver: str = "",
+) -> str:
+    """The `pipeline` point of one role's counters (one receiver's, for deliveries).
+
+    >>> pipeline_line("gateway", "gw-1", {"received": 10, "dead_letters": 1}, 5)
+    'pipeline,instance=gw-1,role=gateway received=10i,dead_letters=1i 5'
+    """
+    return line(PIPELINE, {"role": role, "instance": instance, "receiver": receiver}, fields, ts_ms)
+
+
+def agent_line(status: AgentStatus, received_ms: int) -> str:
+    """The `agent` point of one edge agent's status: the figures its heartbeat carries."""
+    fields: dict[str, FieldValue] = {"nodes": len(status.nodes)}
+    for name in ("buffer_depth", "buffer_bytes", "dropped", "uptime_s"):
+        value = getattr(status, name)
+        if value is not None:
+            fields[name] = value
+    fields["received_ms"] = received_ms
+    return line(AGENT, {"agent": status.agent, "state": status.state}, fields, status.ts_ms)
 
 
 def score_line(

@@ -496,23 +496,30 @@ def store_points(path: Path, measurement: str) -> dict[Any, dict[str, Any]]:
 
 
 async def test_the_stream_role_writes_to_influxdb_when_configured(
-    influxdb, mosquitto, kafka_server, tmp_path
+    influxdb, mosquitto, kafka_server, tmp_path, hook
 ):
     """With an [influxdb] table in cityvitals.toml, `cityvitals run --role stream` writes
     every reading to the embedded store and to InfluxDB (TeeSink), and a graceful stop
-    leaves nothing in the spool."""
+    leaves nothing in the spool. Every role also writes its counters (`pipeline`: the
+    gateway's received and dead letters, the stream's processed and Kafka backlog, the
+    alerts' deliveries per receiver) and the gateway an edge agent's health (`agent`)."""
     bucket = await new_bucket(influxdb)
     (tmp_path / "influx-token").write_text(influxdb.token + "\n")
     table = (
         f'[influxdb]\nurl = "{influxdb.url}"\nbucket = "{bucket}"\n'
         'token_file = "influx-token"\nspool = "influx-spool.sqlite3"\n'
     )
-    config = write_config(tmp_path, mqtt=mosquitto, bootstrap=kafka_server.bootstrap, extra=table)
+    config = write_config(
+        tmp_path, mqtt=mosquitto, bootstrap=kafka_server.bootstrap, extra=table, webhook=hook.url
+    )
     procs = [RoleProcess(config, "gateway", "alerts").start(), RoleProcess(config, "stream")]
     procs[1].start()
     try:
         await subscribed(procs[0])
         nodes = water_nodes()[:4]
+        beat = {"v": 1, "agent": "pi-test", "state": "online", "ts_ms": TS, "buffer_depth": 7,
+                "nodes": [{"node": n, "kind": "water_level"} for n in nodes]}  # fmt: skip
+        await publish(mosquitto, [("city/agent/pi-test/status", json.dumps(beat).encode())])
         await publish(mosquitto, storm_messages(nodes, 25))
         expected = {(n, s) for n in nodes for s in range(25)}
         store = Store(tmp_path)
@@ -529,3 +536,20 @@ async def test_the_stream_role_writes_to_influxdb_when_configured(
     assert spool.totals().lines == 0
     spool.close()
     assert Counter(await stored_keys(influxdb, bucket)) == Counter(expected)
+    counters = await query(
+        influxdb,
+        f'from(bucket: "{bucket}") |> range(start: 0)'
+        ' |> filter(fn: (r) => r._measurement == "pipeline") |> last()',
+    )
+    last = {(r["role"], r.get("receiver", ""), r["_field"]): r["_value"] for r in counters}
+    assert last[("gateway", "", "received")] >= len(expected)
+    assert last[("gateway", "", "dead_letters")] == 0
+    assert last[("stream", "", "processed")] == len(expected)
+    assert last[("stream", "", "backlog")] >= 0
+    assert ("alerts", "ops", "delivered") in last
+    agents = await query(
+        influxdb,
+        f'from(bucket: "{bucket}") |> range(start: 0)'
+        ' |> filter(fn: (r) => r._measurement == "agent" and r._field == "buffer_depth")',
+    )
+    assert [(r["agent"], r["_value"]) for r in agents] == [("pi-test", 7)]

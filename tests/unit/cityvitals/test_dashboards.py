@@ -18,7 +18,7 @@ from cityvitals.dashboards.flux import DATASOURCE_UID
 
 REPO = Path(__file__).resolve().parents[3]
 COMMITTED = REPO / "deploy" / "grafana" / "dashboards"
-MEASUREMENTS = {"reading", "warning", "score", "response"}  # docs/influxdb.md
+MEASUREMENTS = {"reading", "warning", "score", "response", "pipeline", "agent"}  # docs/influxdb.md
 
 
 def panels(board: dict) -> list[dict]:

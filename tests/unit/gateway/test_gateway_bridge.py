@@ -7,6 +7,7 @@ the integration tests.
 from __future__ import annotations
 
 import json
+import logging
 
 import msgspec
 import pytest
@@ -166,6 +167,35 @@ async def test_agent_status_is_validated_against_its_topic():
     s = gw.stats()
     assert (s.statuses, s.dead_letters) == (1, 1)
     assert out.dead[0].reason is Reason.TOPIC_MISMATCH
+
+
+async def test_an_agents_health_is_handed_on_and_a_failing_sink_costs_only_that(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Each agent status goes to `on_agent` with its receive time (its buffer depth for the
+    device-health board); a sink that fails is logged once and the gateway goes on."""
+    out, seen = Collected(), []
+
+    async def on_agent(status, received_ms: int) -> None:
+        seen.append((status.agent, status.buffer_depth, received_ms))
+        if len(seen) > 1:
+            raise OSError("disk full")
+
+    gw = Gateway(
+        BrokerSettings(), CITY, forward=out.forward, dead_letter=out.dead_letter,
+        clock=ManualClock(TS / 1000 + 2), on_agent=on_agent,
+    )  # fmt: skip
+    beat = {"v": 1, "agent": "pi-3", "state": "online", "ts_ms": TS, "buffer_depth": 12,
+            "nodes": [{"node": WATER.node, "kind": "water_level"}]}  # fmt: skip
+    with caplog.at_level(logging.ERROR, logger="gateway.health"):
+        for _ in range(3):
+            await gw.handle("city/agent/pi-3/status", json.dumps(beat).encode())
+        await gw.handle(f"city/water_level/{WATER.node}/telemetry", reading())
+    assert seen == [("pi-3", 12, TS + 2000)] * 3
+    assert len(out.forwarded) == 1  # the readings go on
+    assert [r.getMessage() for r in caplog.records] == [
+        "gateway: the agent health sink failed; agents' figures are lost"
+    ]
 
 
 json_values = st.recursive(
