@@ -6,7 +6,9 @@ it write only its own nodes' topics (`city/<kind>/<node>/#`) and its own
 status topic (`city/agent/<agent>/status`), and read nothing. The gateway
 gets a user that reads everything under `city/`. Mosquitto denies whatever
 the ACL does not grant, so one node cannot publish as another, and no
-device can read the city's data.
+device can read the city's data. A third user, `cityvitals-healthcheck`,
+may read only `$SYS/broker/uptime` (retained, so a health probe gets an
+answer at once; deploy/compose.yaml's broker healthcheck uses it).
 
 By default every node of the registry is its own agent (user = node id);
 `assignment` maps nodes to the agents that serve them (an agents CSV with
@@ -50,6 +52,7 @@ from cityvitals.topics import ROOT, agent_status_topic
 
 __all__ = [
     "GATEWAY_USER",
+    "HEALTHCHECK_USER",
     "Agent",
     "Issued",
     "acl_text",
@@ -61,6 +64,8 @@ __all__ = [
 
 #: The gateway's user: reads every node's topics (its shared subscription included).
 GATEWAY_USER: Final = "cityvitals-gateway"
+#: The broker's health probe: reads its uptime and nothing else.
+HEALTHCHECK_USER: Final = "cityvitals-healthcheck"
 #: Mosquitto 2's default for `mosquitto_passwd`: PBKDF2-SHA512, 101 rounds, 12-byte salt.
 _ITERATIONS: Final = 101
 _SALT_BYTES: Final = 12
@@ -158,6 +163,9 @@ def acl_text(agents: Sequence[Agent], *, source: str) -> str:
         "",
         f"user {GATEWAY_USER}",
         f"topic read {ROOT}/#",
+        "",
+        f"user {HEALTHCHECK_USER}",
+        "topic read $SYS/broker/uptime",
     ]
     for agent in agents:
         lines += ["", f"user {agent.id}"] + [f"topic write {t}" for t in agent.topics()]
@@ -176,7 +184,7 @@ def issue(
     """Write the password files, `mosquitto.passwd` and `mosquitto.acl` into
     `directory` (see the module doc); what changed, user by user."""
     agents = agents_of(registry, assignment)
-    users = [GATEWAY_USER, *(a.id for a in agents)]
+    users = [GATEWAY_USER, HEALTHCHECK_USER, *(a.id for a in agents)]
     bad = [u for u in users if not _USER.match(u)]
     if bad:
         raise ConfigError(

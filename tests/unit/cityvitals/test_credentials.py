@@ -17,6 +17,7 @@ from cityvitals.citygen import generate_city
 from cityvitals.cli import main
 from cityvitals.credentials import (
     GATEWAY_USER,
+    HEALTHCHECK_USER,
     acl_text,
     agents_of,
     issue,
@@ -55,13 +56,14 @@ def test_each_node_writes_only_its_own_topics_and_the_gateway_reads_all() -> Non
     node = next(iter(CITY))
     acl = acl_text(agents_of(CITY), source="city.csv")
     assert f"user {GATEWAY_USER}\ntopic read city/#\n" in acl
+    assert f"user {HEALTHCHECK_USER}\ntopic read $SYS/broker/uptime\n" in acl
     assert (
         f"user {node.node}\ntopic write city/agent/{node.node}/status\n"
         f"topic write city/{node.kind.value}/{node.node}/#\n"
     ) in acl
     # Nothing read by a device, nothing written by the gateway, no wildcard levels.
     grants = [line for line in acl.splitlines() if line.startswith("topic")]
-    assert sum(g.startswith("topic read") for g in grants) == 1
+    assert sum(g.startswith("topic read") for g in grants) == 2
     assert all("+" not in g and g.count("#") <= 1 for g in grants)
 
 
@@ -101,9 +103,9 @@ def test_every_node_needs_an_agent_and_no_stranger_gets_one() -> None:
 def test_issue_keeps_rotates_and_revokes(tmp_path: Path) -> None:
     out = tmp_path / "auth"
     first = issue(CITY, out, new_password=passwords())
-    users = [GATEWAY_USER, *(d.node for d in CITY)]
+    users = [GATEWAY_USER, HEALTHCHECK_USER, *(d.node for d in CITY)]
     assert first.added == tuple(users)
-    node = users[1]
+    node = users[2]
     before = (out / "passwords" / f"{node}.txt").read_text().strip()
     # Again: everyone keeps their password; the hashes still check.
     again = issue(CITY, out, new_password=passwords())
@@ -124,7 +126,7 @@ def test_issue_keeps_rotates_and_revokes(tmp_path: Path) -> None:
     assert node not in (out / "mosquitto.passwd").read_text()
     # Nobody else may read a password.
     assert stat.S_IMODE((out / "passwords").stat().st_mode) == 0o700
-    assert stat.S_IMODE((out / "passwords" / f"{users[2]}.txt").stat().st_mode) == 0o600
+    assert stat.S_IMODE((out / "passwords" / f"{users[3]}.txt").stat().st_mode) == 0o600
     assert stat.S_IMODE((out / "mosquitto.passwd").stat().st_mode) == 0o640
     with pytest.raises(ValueError, match="cannot rotate users that are not issued: ghost"):
         issue(CITY, out, rotate=["ghost"])
@@ -135,10 +137,10 @@ def test_the_cli_says_what_changed(tmp_path: Path) -> None:
     args = ["city", "credentials", str(tmp_path / "city.csv"), "--out", str(tmp_path / "auth")]
     first = CliRunner().invoke(main, args)
     assert first.exit_code == 0, first.output
-    assert first.output.startswith(f"{tmp_path / 'auth'}: 11 users; 11 new (cityvitals-gateway,")
+    assert first.output.startswith(f"{tmp_path / 'auth'}: 12 users; 12 new (cityvitals-gateway,")
     node = next(iter(CITY)).node
     second = CliRunner().invoke(main, [*args, "--rotate", node])
-    assert f"1 rotated ({node}); 0 revoked; 10 kept" in second.output
+    assert f"1 rotated ({node}); 0 revoked; 11 kept" in second.output
     bad = CliRunner().invoke(main, [*args, "--rotate", "ghost"])
     assert bad.exit_code == 2
     assert "cannot rotate users that are not issued: ghost" in bad.output
