@@ -19,7 +19,7 @@ import click
 
 from cityvitals import __version__
 from cityvitals.cli_alerts import alerts_group
-from cityvitals.cli_options import SERVICE_CONFIG
+from cityvitals.cli_options import SERVICE_CONFIG, secret
 from cityvitals.errors import CityvitalsError
 
 if TYPE_CHECKING:
@@ -572,17 +572,6 @@ def grafana() -> None:
     """Grafana dashboards as code: write them for file provisioning, or push them."""
 
 
-def _secret(value: str | None, path: Path | None, what: str) -> str:
-    if path is not None:
-        try:
-            value = path.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise click.ClickException(f"{path}: cannot read the {what}: {exc}") from exc
-    if not value:
-        raise click.UsageError(f"the {what} is needed (its file, or the option / variable)")
-    return value
-
-
 @grafana.command("build")
 @click.option(
     "--out",
@@ -645,14 +634,20 @@ def grafana_provision(
 
     from cityvitals.dashboards.provision import InfluxSource, provision
 
-    api = GrafanaApi.from_url(url, credential=_secret(token, token_file, "Grafana token"))
+    token = secret(
+        token,
+        token_file,
+        "Grafana token",
+        given_by="--token-file, --token or $CITYVITALS_GRAFANA_TOKEN",
+    )
+    api = GrafanaApi.from_url(url, credential=token)
     source = None
     if influx_url is not None:
         source = InfluxSource(
             influx_url,
             influx_org,
             influx_bucket,
-            _secret(None, influx_token_file, "InfluxDB token (--influx-token-file)"),
+            secret(None, influx_token_file, "InfluxDB token", given_by="--influx-token-file"),
         )
     try:
         done = provision(api, source=source)

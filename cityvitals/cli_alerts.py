@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from cityvitals.cli_options import SERVICE_CONFIG
+from cityvitals.cli_options import SERVICE_CONFIG, secret
 from cityvitals.errors import CityvitalsError
 
 if TYPE_CHECKING:
@@ -95,18 +95,12 @@ def _api_url(url: str | None, config_path: Path) -> str:
 
 
 def _token(token_file: Path | None) -> str:
-    if token_file is not None:
-        try:
-            token = token_file.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise click.ClickException(f"{token_file}: cannot read the token: {exc}") from exc
-        if not token:
-            raise click.ClickException(f"{token_file}: the file is empty; it should hold a token")
-        return token
-    token = os.environ.get("CITYVITALS_ALERTS_TOKEN", "").strip()
-    if not token:
-        raise click.UsageError("an API token is needed: --token-file, or $CITYVITALS_ALERTS_TOKEN")
-    return token
+    return secret(
+        os.environ.get("CITYVITALS_ALERTS_TOKEN"),
+        token_file,
+        "API token",
+        given_by="--token-file, or $CITYVITALS_ALERTS_TOKEN",
+    )
 
 
 def _call(

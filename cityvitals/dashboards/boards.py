@@ -206,6 +206,11 @@ def _metric(kind: Kind, metric: str, by: str = "node") -> str:
     )
 
 
+def _banded(title: str, kind: Kind, metric: str, unit: str, rule: str) -> timeseries.Panel:
+    """One metric per node, with the bands of the rule that watches it."""
+    return _series(title, _metric(kind, metric), unit=unit, bands=_rule_bands(rule))
+
+
 def _warnings_timeline(title: str, kind: Kind | None, span: int = 24) -> statetimeline.Panel:
     where = "" if kind is None else f' and r.kind == "{kind.value}"'
     flux = (
@@ -548,17 +553,13 @@ def manhole() -> model.Dashboard:
         "cityvitals-manhole",
         "Manhole covers",
         [
-            _series(
-                "Cover tilt",
-                _metric(Kind.MANHOLE, "cover_tilt_deg"),
-                unit="degree",
-                bands=_rule_bands("manhole.cover_tilt"),
-            ),
-            _series(
+            _banded("Cover tilt", Kind.MANHOLE, "cover_tilt_deg", "degree", "manhole.cover_tilt"),
+            _banded(
                 "Gas inside (% of the lower explosive limit)",
-                _metric(Kind.MANHOLE, "gas_lel_pct"),
-                unit="percent",
-                bands=_rule_bands("manhole.gas"),
+                Kind.MANHOLE,
+                "gas_lel_pct",
+                "percent",
+                "manhole.gas",
             ),
             opened,
         ],
@@ -571,17 +572,15 @@ def smoke() -> model.Dashboard:
         "cityvitals-smoke",
         "Smoke and fire",
         [
-            _series(
-                "Smoke obscuration",
-                _metric(Kind.SMOKE, "obscuration_pct_m"),
-                unit="%/m",
-                bands=_rule_bands("smoke.obscuration"),
+            _banded(
+                "Smoke obscuration", Kind.SMOKE, "obscuration_pct_m", "%/m", "smoke.obscuration"
             ),
-            _series(
+            _banded(
                 "Temperature at the detector",
-                _metric(Kind.SMOKE, "temperature_c"),
-                unit="celsius",
-                bands=_rule_bands("smoke.temperature"),
+                Kind.SMOKE,
+                "temperature_c",
+                "celsius",
+                "smoke.temperature",
             ),
         ],
     )

@@ -22,6 +22,7 @@ from tests.integration.distributed_support import (
     water_nodes,
     write_config,
 )
+from tests.integration.http_support import serve_app
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
@@ -66,15 +67,10 @@ async def holding() -> AsyncIterator[HoldingReceiver]:
     receiver = HoldingReceiver(answer=3)
     app = web.Application()
     app.router.add_post("/hook", receiver.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    receiver.url = f"http://127.0.0.1:{port}/hook"
-    yield receiver
-    receiver.release.set()
-    await runner.cleanup()
+    async with serve_app(app) as base:
+        receiver.url = f"{base}/hook"
+        yield receiver
+        receiver.release.set()
 
 
 async def test_alerts_killed_mid_delivery_resend_what_they_owe_under_the_same_keys(

@@ -248,13 +248,13 @@ def test_no_token_and_an_empty_token_file_say_what_is_needed(server, tmp_path) -
     env = {"CITYVITALS_ALERTS_URL": server.url, "CITYVITALS_ALERTS_TOKEN": ""}
     result = CliRunner().invoke(main, ["alerts", "list"], env=env)
     assert result.exit_code == 2
-    assert "an API token is needed: --token-file, or $CITYVITALS_ALERTS_TOKEN" in result.output
+    assert "the API token is needed: --token-file, or $CITYVITALS_ALERTS_TOKEN" in result.output
     (tmp_path / "empty").write_text("\n")
     result = CliRunner().invoke(
         main, ["alerts", "list", "--token-file", str(tmp_path / "empty")], env=env
     )
     assert result.exit_code == 1
-    assert "the file is empty; it should hold a token" in result.output
+    assert "the file is empty; it should hold the API token" in result.output
 
 
 def test_the_url_comes_from_the_config_when_not_given(server, tmp_path) -> None:
