@@ -270,6 +270,8 @@ _NODES_NOW: Final = (
     "\n                  level: if exists r.level then r.level else 0,"
     '\n                  state: if exists r.offline and r.offline > 0 then "offline"'
     ' else "online"}))'
+    # The marker's colour: grey while offline (-1), else the level (0 green .. 4 red).
+    '\n  |> map(fn: (r) => ({r with shade: if r.state == "offline" then -1 else r.level}))'
 )
 
 _ACTIVE_BY_LEVEL: Final = (
@@ -305,7 +307,7 @@ def city_overview() -> model.Dashboard:
         .title("Every node, by warning level")
         .description(
             "Each node where the registry places it, coloured by the highest level of its "
-            "open warnings now (green: none); offline nodes say so in the tooltip."
+            "open warnings now (green: none), grey while it is offline."
         )
         .datasource(DATASOURCE)
         .with_target(FluxTarget(_NODES_NOW).table())
@@ -328,7 +330,7 @@ def city_overview() -> model.Dashboard:
                     {
                         "showLegend": True,
                         "style": {
-                            "color": {"field": "level", "fixed": "green"},
+                            "color": {"field": "shade", "fixed": "green"},
                             "size": {"fixed": 7},
                             "opacity": 0.9,
                             "symbol": {"mode": "fixed", "fixed": "img/icons/marker/circle.svg"},
@@ -338,9 +340,15 @@ def city_overview() -> model.Dashboard:
                 )
             ]
         )
-        .thresholds(_levels())
+        .thresholds(
+            ThresholdsConfig()
+            .mode(ThresholdsMode.ABSOLUTE)
+            .steps(
+                [Threshold(value=None, color="text")]  # offline: below every level
+                + [Threshold(value=float(lv), color=c) for lv, c in LEVEL_COLOURS.items()]
+            )
+        )
         .color_scheme(FieldColor().mode(model.FieldColorModeId.THRESHOLDS))
-        .mappings(_level_mappings())
         .span(16)
         .height(18)
     )

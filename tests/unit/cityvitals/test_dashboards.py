@@ -65,12 +65,14 @@ def test_threshold_bands_are_the_rules_levels() -> None:
     ]  # fmt: skip
 
 
-def test_the_city_map_places_nodes_by_lat_and_lon_coloured_by_level() -> None:
+def test_the_city_map_places_nodes_by_lat_and_lon_coloured_by_level_and_state() -> None:
     board = as_json()["cityvitals-overview"]
     city_map = next(p for p in panels(board) if p["type"] == "geomap")
     (layer,) = city_map["options"]["layers"]
     assert layer["location"] == {"mode": "coords", "latitude": "lat", "longitude": "lon"}
-    assert layer["config"]["style"]["color"]["field"] == "level"
+    assert layer["config"]["style"]["color"]["field"] == "shade"
+    steps = city_map["fieldConfig"]["defaults"]["thresholds"]["steps"]
+    assert [s["value"] for s in steps] == [None, 0, 1, 2, 3, 4]  # offline (-1) is below all
     assert city_map["targets"][0]["resultFormat"] == "table"
 
 
