@@ -134,6 +134,8 @@ class _Lane:
         self.in_memory: set[str] = set()
         #: Set once the lane was full: what came since is owed in the store, not queued.
         self.spilled = False
+        #: How many of `pending` wait in the store, not in memory.
+        self.in_store = 0
         self.refilling = asyncio.Lock()
         self.failing = False
         #: While failing: notifications given up and attempts failed since it started failing.
@@ -437,7 +439,8 @@ class AlertService:
             self._applied.set()
         else:
             self._applied.clear()
-        if self._unapplied == 0 and not any(lane.pending for lane in self._lanes):
+        # A spilled lane still has rows to take back from the store, counted or not.
+        if self._unapplied == 0 and not any(lane.pending or lane.spilled for lane in self._lanes):
             self._idle.set()
         else:
             self._idle.clear()
@@ -813,6 +816,7 @@ class AlertService:
                 lane.queue.qsize(),
             )
         lane.spilled = True
+        lane.in_store += 1
 
     async def _refill(self, lane: _Lane) -> None:
         """Take back, oldest first, what a lane that fell behind left in the store."""
@@ -833,9 +837,16 @@ class AlertService:
             # handed on after it returns, and finds the lane as this leaves it.
             waiting = [n for n in rows if n.id not in lane.in_memory]
             for n in waiting[:room]:
+                if lane.in_store:
+                    lane.in_store -= 1
+                else:
+                    # Owed in the store but never counted: a dead letter an operator
+                    # requeued (`cityvitals alerts retry`) while the service ran.
+                    lane.pending += 1
                 lane.queue.put_nowait(n)
                 lane.in_memory.add(n.id)
             lane.spilled = len(waiting) > room
+            self._update_idle()
             if not lane.spilled:
                 log.info("receiver %s has caught up with what waited in the alert store", lane.name)
 

@@ -17,6 +17,7 @@ from cityvitals.clock import ManualClock
 from cityvitals.errors import DeliveryError
 from cityvitals.levels import Level
 from tests.factories import make_warning
+from tests.waiting import wait_until
 
 WAIT = 5.0
 
@@ -186,6 +187,39 @@ async def test_more_owed_than_a_lane_holds_holds_up_no_new_warning(tmp_path: Pat
         assert (await store.counts())["pending"] == 0
     got = [n.alert.fingerprint for n in ops.got]
     assert got == [f"old-{i}" for i in range(5)] + [f"new-{i}" for i in range(3)]
+
+
+async def test_a_dead_letter_requeued_while_a_lane_catches_up_is_sent_and_counted(
+    tmp_path: Path,
+) -> None:
+    """A lane taking back what waited in the store also finds a dead letter an operator
+    requeued meanwhile: it is sent, and counted, so the service still drains to zero."""
+    gate = asyncio.Event()
+    refusals = [DeliveryError("ops", "HTTP 410 Gone", retryable=False)]
+
+    class Ops(Receiver):
+        async def send(self, n: Notification) -> None:
+            if refusals:
+                raise refusals.pop()
+            await gate.wait()
+            await super().send(n)
+
+    ops = Ops("ops")
+    async with (
+        AlertStore(tmp_path / "a.sqlite3") as store,
+        service([ops], store, queue_size=1) as svc,
+    ):
+        await svc.submit(make_warning(Level.RED, fp="dead", node="wl-0"))
+        await wait_until(lambda: svc.stats().failed == 1, "the refusal")
+        for i in range(3):  # one in hand, one queued, one in the store
+            await svc.submit(make_warning(Level.RED, fp=f"fp-{i}", node=f"wl-{i + 1}"))
+        await asyncio.wait_for(svc.recorded(), WAIT)
+        assert await store.requeue() == 1
+        gate.set()
+        await asyncio.wait_for(svc.drain(), WAIT)
+        assert svc.stats().undelivered == 0
+        assert (await store.counts())["pending"] == 0
+    assert sorted(n.alert.fingerprint for n in ops.got) == ["dead", "fp-0", "fp-1", "fp-2"]
 
 
 async def test_owed_to_a_receiver_no_longer_configured_is_left_and_said(
