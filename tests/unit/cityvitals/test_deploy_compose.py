@@ -2,7 +2,9 @@
 
 deploy/compose.yaml is rendered by Debian's docker-compose 1.29 (`config`: interpolation
 and schema, no Docker engine) with a .env made from deploy/.env.example, and the result is
-held to what docs/operations.md promises. deploy/compose/cityvitals.toml is loaded by the
+held to what docs/operations.md promises. It is also loaded by compose-go v2, the library
+`docker compose config` (Compose v2) is built on (deploy/compose-check: built from its Go
+module once, cached), so it is valid for both. deploy/compose/cityvitals.toml is loaded by the
 real settings loader with its container paths moved into a temporary directory.
 """
 
@@ -151,6 +153,33 @@ def test_the_stack_is_valid_compose(tmp_path: Path):
     done = _render(tmp_path, quiet=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout == ""
+
+
+def _compose_v2(env_file: Path) -> subprocess.CompletedProcess[str]:
+    if shutil.which("go") is None:
+        pytest.fail("go is not installed: `./dev test` installs it (it also builds InfluxDB)")
+    return subprocess.run(  # noqa: S603 - our own script on our own files
+        [str(DEPLOY / "compose-check" / "compose-check"), str(COMPOSE), str(env_file)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,  # the first run builds it
+    )
+
+
+def test_the_stack_is_valid_for_compose_v2_too(tmp_path: Path):
+    """What `docker compose config` (v2) checks: its stricter rules too (a scalable
+    service with a container_name, for one, which 1.29 lets through)."""
+    assert _render(tmp_path, quiet=True).returncode == 0  # writes tmp_path/.env
+    done = _compose_v2(tmp_path / ".env")
+    assert done.returncode == 0, done.stderr
+    assert "valid, services:" in done.stderr
+    for name in SERVICES:
+        assert name in done.stderr
+    _render(tmp_path, drop=REQUIRED[0], quiet=True)
+    refused = _compose_v2(tmp_path / ".env")
+    assert refused.returncode == 1
+    assert f"set {REQUIRED[0]} in deploy/.env" in refused.stderr
 
 
 @pytest.mark.parametrize("name", REQUIRED)
