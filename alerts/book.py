@@ -58,6 +58,13 @@ class AlertBook:
         self._resolved: OrderedDict[str, tuple[int, int]] = OrderedDict()
         self._remember_resolved = remember_resolved
 
+    def is_stale(self, warning: Warning) -> bool:
+        """Whether `apply` would ignore `warning` as no newer than the last one applied."""
+        fp = warning.fingerprint
+        current = self._open.get(fp)
+        last = (current.updated_ms, current.seq) if current else self._resolved.get(fp)
+        return last is not None and (warning.ts_ms, warning.seq) <= last
+
     def apply(self, warning: Warning) -> Notification | None:
         """Fold one warning into the book; return the notification it causes, if any.
 
@@ -69,11 +76,10 @@ class AlertBook:
         page again under the first page's id. Warnings of one fingerprint
         arrive in order (the warnings topic is keyed by fingerprint).
         """
+        if self.is_stale(warning):
+            return None
         fp = warning.fingerprint
         current = self._open.get(fp)
-        last = (current.updated_ms, current.seq) if current else self._resolved.get(fp)
-        if last is not None and (warning.ts_ms, warning.seq) <= last:
-            return None
         if warning.cleared:
             if current is None:
                 # Cleared twice, or cleared after a restart lost the open set:

@@ -22,12 +22,17 @@ and the lane takes it back, oldest first, once it has caught up (memory
 stays bounded; only while the store itself fails does a full lane make the
 book worker wait instead). What a receiver refuses is given up after
 `attempts` tries or `give_up_after` seconds (a receiver's own `retry_for`,
-such as a webhook's hour, instead), kept as a dead letter and reported. A
+such as a webhook's hour, instead), counted from when the receiver started
+failing, so one down for longer fails each notification over to the
+fallback after one attempt rather than an hour each; it is kept as a dead
+letter and reported. A
 tick (`tick_every`) sends reminders and escalations and announces what a
 silence or an inhibition stopped holding back; acknowledging, resolving
-and silencing by hand go through the same path. Before any change of an
-alert, the escalation steps due by then are called in, so whoever a step
-calls in hears that change, however long ago the last tick ran.
+and silencing by hand go through the same path. Before a warning changes an
+alert, the escalation steps due by the warning's time are called in, so
+whoever a step calls in hears that change, however long ago the last tick
+ran (and a warning replayed late, after a restart, escalates nothing that
+was not due when it happened).
 
 Time is the injected `clock`'s. The embedded demo, which plays a day in a
 minute, gives an event-time clock (`cityvitals.clock.EventClock`: now is the
@@ -41,7 +46,7 @@ import asyncio
 import logging
 import random
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from types import TracebackType
@@ -72,6 +77,9 @@ OnDelivery = Callable[[Notification, str, Outcome, str], Awaitable[None]]
 
 _DEFAULT_DRAIN_TIMEOUT: Final = 10.0
 _DEFAULT_GIVE_UP_AFTER: Final = 60.0
+#: What every notification gets, however long its receiver has been failing: one
+#: attempt of up to this long (or the horizon, if shorter).
+_ONE_ATTEMPT_S: Final = 10.0
 
 
 class AlertNotFound(KeyError):  # noqa: N818 - reads as what it says
@@ -136,6 +144,10 @@ class _Lane:
         self.spilled = False
         #: How many of `pending` wait in the store, not in memory.
         self.in_store = 0
+        #: Settled here but not in the store (its write failed): not to be taken back.
+        self.unsettled: set[str] = set()
+        #: When (monotonic) this receiver started failing; None while it answers.
+        self.failing_since: float | None = None
         self.refilling = asyncio.Lock()
         self.failing = False
         #: While failing: notifications given up and attempts failed since it started failing.
@@ -278,6 +290,8 @@ class AlertService:
         self._fallback = None if fallback is None else self._by_name[fallback]
         #: Who gets every notification; the fallback gets only what another gave up on.
         self._regular = tuple(lane for lane in self._lanes if lane is not self._fallback)
+        #: Notifications owed to the fallback in this run (one more id per failure).
+        self._owed_to_fallback: set[str] = set()
         self._store = store
         self._stack = AsyncExitStack()
         self._resumed = 0
@@ -452,34 +466,38 @@ class AlertService:
         await self._applied.wait()
 
     async def _resume(self) -> None:
-        """Queue what the store still owes from before a restart, oldest first."""
+        """Take up what the store still owes from before a restart, oldest first.
+
+        Counted only: each lane takes the rows back from the store as a lane that
+        fell behind does, a queue at a time, so a long backlog is not loaded at
+        once, and they go out before anything new (which waits behind them).
+        """
         assert self._store is not None  # noqa: S101 - set in __aenter__
         try:
-            owed = await self._store.pending()
+            owed = await self._store.owed_counts()
         except AlertStoreError:
             log.exception("alert store unreadable: notifications owed from before are not resumed")
             return
-        unknown: Counter[str] = Counter()
-        lanes: list[tuple[_Lane, Notification]] = []
-        for receiver, n in owed:
-            lane = self._by_name.get(receiver)
-            if lane is None:
-                unknown[receiver] += 1
-            else:
-                lane.pending += 1
-                lanes.append((lane, n))
+        unknown = {r: n for r, n in owed.items() if r not in self._by_name}
         if unknown:
             log.warning(
                 "alert store owes notifications to receivers no longer configured, left "
                 "in the outbox: %s",
-                dict(unknown),
+                unknown,
             )
-        if lanes:
-            by_lane = Counter(lane.name for lane, _ in lanes)
-            log.info("resuming %d notifications owed from before: %s", len(lanes), dict(by_lane))
-        self._resumed = len(lanes)
-        for lane, n in lanes:
-            await self._hand(lane, n)
+        resumed = {r: n for r, n in owed.items() if r in self._by_name}
+        if resumed:
+            log.info(
+                "resuming %d notifications owed from before: %s", sum(resumed.values()), resumed
+            )
+        self._resumed = sum(resumed.values())
+        for receiver, count in resumed.items():
+            lane = self._by_name[receiver]
+            lane.pending += count
+            lane.in_store += count
+            lane.spilled = True
+            # Its workers may already wait on the empty queue: fill it for them.
+            await self._refill(lane)
 
     async def _run_book(self) -> None:
         try:
@@ -501,9 +519,11 @@ class AlertService:
 
     async def _process(self, warning: Warning) -> None:
         async with self._book_lock:
-            if self._ladder is not None:
-                # Steps due by now hear of this change, whenever the last tick ran.
-                for due in self._escalations(self._clock.now_ms(), only=warning.fingerprint):
+            if self._ladder is not None and not self._book.is_stale(warning):
+                # Steps due by this change's time hear of it, whenever the last tick
+                # ran; by its own time, so one replayed late escalates nothing extra.
+                at_ms = min(self._clock.now_ms(), warning.ts_ms)
+                for due in self._escalations(at_ms, only=warning.fingerprint):
                     await self._dispatch(due)
             before = self._book.get(warning.fingerprint)
             n = self._book.apply(warning)
@@ -529,18 +549,19 @@ class AlertService:
         lanes = self._route(n.alert)
         await self._keep("record", self._store_record(n.alert, n, lanes), n.id)
         self._notifications += 1
-        if self._on_notification is not None:
-            try:
-                await self._on_notification(n)
-            except Exception:
-                # Failing to record a notification must not stop it being delivered.
-                log.exception("on_notification hook failed for notification %s", n.id)
-        # Every lane counts it before any put can block, so a stop while
-        # waiting on a full lane still reports it undelivered everywhere.
+        # Counted and handed on right after the record, before anything else is
+        # awaited: a lane taking rows back from the store meanwhile would take
+        # this one too. Every lane counts it before any put can block, so a stop
+        # while waiting on a full lane still reports it undelivered everywhere.
         for lane in lanes:
             lane.pending += 1
         for lane in lanes:
             await self._hand(lane, n)
+        if self._on_notification is not None:
+            try:
+                await self._on_notification(n)
+            except Exception:
+                log.exception("on_notification hook failed for notification %s", n.id)
 
     async def _measure(self, n: Notification, now_ms: int) -> None:
         """Time to detect, acknowledge and resolve, kept and handed to the sink."""
@@ -743,9 +764,10 @@ class AlertService:
         names = [lane.name for lane in lanes]
         return self._store.record(alert, n, names, now_ms=self._clock.now_ms())
 
-    async def _keep(self, what: str, write: Awaitable[None], about: str) -> None:
+    async def _keep(self, what: str, write: Awaitable[None], about: str) -> bool:
         """Write to the store; a failure is logged (once for each kind of write, until
-        it works again) and delivery goes on: a page now matters more than its record."""
+        it works again) and delivery goes on: a page now matters more than its record.
+        Whether the write took."""
         try:
             await write
         except AlertStoreError:
@@ -757,10 +779,11 @@ class AlertService:
                     about,
                 )
             self._store_failing.add(what)
-            return
+            return False
         if what in self._store_failing:
             log.info("alert store takes %s writes again", what)
             self._store_failing.discard(what)
+        return True
 
     async def _run_lane(self, lane: _Lane) -> None:
         """One of a lane's `concurrency` workers. An alert's notifications still go out
@@ -827,7 +850,8 @@ class AlertService:
             room = lane.queue.maxsize
             try:
                 # One more than there is room for: whether more is left.
-                rows = await self._store.owed(lane.name, limit=room + 1 + len(lane.in_memory))
+                skip = len(lane.in_memory) + len(lane.unsettled)
+                rows = await self._store.owed(lane.name, limit=room + 1 + skip)
             except AlertStoreError:
                 log.exception("alert store unreadable: receiver %s waits for it", lane.name)
                 await self._sleep(1.0)
@@ -835,7 +859,7 @@ class AlertService:
             # After the read, against what is in memory now: a notification queued
             # meanwhile is not taken twice. Every write that the read did not see is
             # handed on after it returns, and finds the lane as this leaves it.
-            waiting = [n for n in rows if n.id not in lane.in_memory]
+            waiting = [n for n in rows if n.id not in lane.in_memory and n.id not in lane.unsettled]
             for n in waiting[:room]:
                 if lane.in_store:
                     lane.in_store -= 1
@@ -853,12 +877,18 @@ class AlertService:
     async def _deliver(self, n: Notification, lane: _Lane) -> None:
         started = self._monotonic()
         cap = lane.give_up_after
+        # The horizon counts from when the receiver started failing: one that has
+        # been down longer gets one attempt per notification, not a horizon each,
+        # so what it is owed fails over to the fallback instead of waiting days.
+        origin = started if lane.failing_since is None else min(started, lane.failing_since)
         attempt = 1
         while True:
             # Bound the attempt itself too: a notifier that never returns must
             # not hold its lane (and, once the lane is full, everyone) forever.
             await self._pace(lane)
-            remaining = cap - (self._monotonic() - started)
+            remaining = cap - (self._monotonic() - origin)
+            if attempt == 1 and origin < started:
+                remaining = max(remaining, min(cap, _ONE_ATTEMPT_S))
             deadline = asyncio.timeout(max(remaining, 0.0))
             try:
                 async with deadline:
@@ -880,7 +910,7 @@ class AlertService:
             last = lane.attempts is not None and attempt >= lane.attempts
             if retryable and not last:
                 delay = self._backoff(attempt, lane.max_delay)
-                elapsed = self._monotonic() - started
+                elapsed = self._monotonic() - origin
                 if elapsed + delay >= cap:
                     # The retry would start past the cap: give up now, not later.
                     detail = f"{detail}; gave up after {elapsed:.1f} s (limit {cap:g} s)"
@@ -917,6 +947,8 @@ class AlertService:
 
     def _attempt_failed(self, lane: _Lane, detail: str, action: str) -> None:
         lane.failed_attempts += 1
+        if lane.failing_since is None:
+            lane.failing_since = self._monotonic()
         if lane.failing:
             return  # said once already; the recovery line gives the totals
         lane.failing = True
@@ -942,6 +974,7 @@ class AlertService:
                 lane.failed_attempts,
             )
         lane.failing = False
+        lane.failing_since = None
         lane.failed_deliveries = lane.failed_attempts = 0
         await self._report(n, lane.name, "delivered", "", attempts=attempts, started=started)
 
@@ -953,7 +986,8 @@ class AlertService:
         write = self._store.settle(
             n.id, lane.name, state, attempts=attempts, detail=detail, now_ms=self._clock.now_ms()
         )
-        await self._keep(state, write, f"{n.id} to {lane.name}")
+        if not await self._keep(state, write, f"{n.id} to {lane.name}"):
+            lane.unsettled.add(n.id)  # still "pending" there: never taken back
 
     async def _gave_up(
         self, n: Notification, lane: _Lane, detail: str, *, attempts: int, started: float
@@ -975,6 +1009,9 @@ class AlertService:
         if fallback is not None and fallback is not lane:
             # The fallback is owed it too (recorded first: a restart still owes it).
             assert self._store is not None  # noqa: S101 - set in __aenter__
+            if n.id in self._owed_to_fallback:
+                return  # another receiver gave up on it too: owed to the fallback once
+            self._owed_to_fallback.add(n.id)
             write = self._store.owe(n, fallback.name, now_ms=self._clock.now_ms())
             await self._keep("fallback", write, f"{n.id} to {fallback.name}")
             fallback.pending += 1

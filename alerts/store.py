@@ -221,6 +221,10 @@ class AlertStore:
         """(receiver, notification) still owed, in the order they were recorded."""
         return await self._run(_pending)  # type: ignore[no-any-return]
 
+    async def owed_counts(self) -> dict[str, int]:
+        """How many notifications each receiver is still owed."""
+        return await self._run(_owed_counts)  # type: ignore[no-any-return]
+
     async def owed(self, receiver: str, *, limit: int) -> list[Notification]:
         """Up to `limit` notifications still owed to `receiver`, oldest first (what a
         lane that fell behind takes back from the store)."""
@@ -347,6 +351,14 @@ def _pending(db: sqlite3.Connection) -> list[tuple[str, Notification]]:
             "SELECT receiver, body FROM outbox WHERE state = 'pending' ORDER BY id"
         )
     ]
+
+
+def _owed_counts(db: sqlite3.Connection) -> dict[str, int]:
+    return dict(
+        db.execute(
+            "SELECT receiver, count(*) FROM outbox WHERE state = 'pending' GROUP BY receiver"
+        ).fetchall()
+    )
 
 
 def _owed(db: sqlite3.Connection, receiver: str, limit: int) -> list[Notification]:

@@ -69,8 +69,11 @@ HEALTHCHECK_USER: Final = "cityvitals-healthcheck"
 #: Mosquitto 2's default for `mosquitto_passwd`: PBKDF2-SHA512, 101 rounds, 12-byte salt.
 _ITERATIONS: Final = 101
 _SALT_BYTES: Final = 12
-#: What a user name may be: also a topic level and a file name, so no `/ + #` or spaces.
-_USER: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+#: What a user name may be: an edge agent's id (edge.toml `[agent] id`, also a topic
+#: level and a file name), so lowercase, and no `/ + #`, dots or spaces.
+_USER: Final = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}\Z")
+#: Names only the services may have: a device named so would get their rights.
+RESERVED: Final = frozenset({GATEWAY_USER, HEALTHCHECK_USER})
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,8 +127,13 @@ def load_assignment(path: Path) -> dict[str, str]:
         agent, node = (row["agent"] or "").strip(), (row["node"] or "").strip()
         if not _USER.match(agent):
             raise ConfigError(
-                path, f"line {number}, agent", "letters, digits, '.', '_' or '-'", found=agent
+                path,
+                f"line {number}, agent",
+                "an edge agent id: lowercase letters, digits, '-' or '_'",
+                found=agent,
             )
+        if agent in RESERVED:
+            raise ConfigError(path, f"line {number}, agent", "a name no service has", found=agent)
         if node in out and out[node] != agent:
             raise ConfigError(
                 path, f"line {number}, node", f"each node once (already {out[node]}'s)", found=node
@@ -184,11 +192,19 @@ def issue(
     """Write the password files, `mosquitto.passwd` and `mosquitto.acl` into
     `directory` (see the module doc); what changed, user by user."""
     agents = agents_of(registry, assignment)
+    taken = sorted(a.id for a in agents if a.id in RESERVED)
+    if taken:
+        # A node (its own agent) named like a service would get the service's
+        # password and rights: refuse rather than merge them.
+        raise ConfigError(Path(source), "node", "a name no service has", found=taken)
     users = [GATEWAY_USER, HEALTHCHECK_USER, *(a.id for a in agents)]
     bad = [u for u in users if not _USER.match(u)]
     if bad:
         raise ConfigError(
-            Path(source), "agent", "user names of letters, digits, '.', '_' or '-'", found=bad[:5]
+            Path(source),
+            "agent",
+            "edge agent ids: lowercase letters, digits, '-' or '_'",
+            found=bad[:5],
         )
     rotating = set(rotate)
     unknown = sorted(rotating - set(users))

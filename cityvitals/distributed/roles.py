@@ -183,8 +183,9 @@ def _agent_writer(influx: InfluxSink | None) -> OnAgent | None:
         return None
 
     async def write(status: AgentStatus, received_ms: int) -> None:
+        # No flush (an fsync) per status: a city of agents heartbeats thousands a
+        # minute, inline with the readings. The gateway's meter flushes every 10 s.
         await influx.write_agent(status, received_ms)
-        await influx.flush()
 
     return write
 
@@ -312,7 +313,9 @@ class StreamRole:
         }
         try:
             # The group's, as this worker sees it: every worker reports the same.
-            fields["backlog"] = await self._reader.lag(self._readings_topic, self._partitions)
+            # Bounded: a Kafka that is down must not hold up the counters or a stop.
+            lag = self._reader.lag(self._readings_topic, self._partitions)
+            fields["backlog"] = await asyncio.wait_for(lag, 5.0)
         except (KafkaError, TimeoutError) as exc:
             log.debug("stream backlog not measured: %s", exc)
         return [Gauge("stream", fields)]

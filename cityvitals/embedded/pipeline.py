@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
@@ -61,7 +62,9 @@ class _NewestReading:
         self._store = store
 
     def now_ms(self) -> int:
-        return self._store.newest_reading_ms() or 0
+        # Before the first reading there is no simulated "now": the wall clock's.
+        newest = self._store.newest_reading_ms()
+        return time.time_ns() // 1_000_000 if newest is None else newest
 
     def now(self) -> float:
         return self.now_ms() / 1000
@@ -275,9 +278,9 @@ class EmbeddedPipeline:
         return [s for s in self._extra_sinks if hasattr(s, method)]
 
     async def _on_agent(self, status: AgentStatus, received_ms: int) -> None:
+        # Flushed with the counters (the meter), not an fsync per heartbeat.
         for sink in self._sinks_with("write_agent"):
             await sink.write_agent(status, received_ms)
-            await sink.flush()
 
     def _gauges(self) -> list[Gauge]:
         g, s = self.gateway.stats(), self.stream

@@ -342,6 +342,27 @@ async def test_a_change_calls_in_the_steps_due_by_then_first() -> None:
     assert people["city"].got == []
 
 
+async def test_a_warning_replayed_late_escalates_only_what_was_due_when_it_happened() -> None:
+    """After two hours down, the alerts service reads a resolve that happened 5 minutes
+    into the alert: nobody was due then but the grid, so nobody else is paged."""
+    from alerts.escalation import Ladder, Step
+
+    names = ("grid", "street", "city")
+    ladder = Ladder([Step(n, (n,), s) for n, s in zip(names, (0, 900, 3600), strict=True)])
+    people = {name: Receiver(name) for name in names}
+    clock = ManualClock(T0)
+    async with AlertService(
+        list(people.values()), clock=clock, ladder=ladder, tick_every=None
+    ) as svc:
+        await svc.submit(warn(Level.ORANGE, 0, 1))
+        await settle(svc)
+        clock.advance(7_200)
+        await svc.submit(warn(Level.NONE, 300, 2))
+        await settle(svc)
+    assert people["grid"].events() == [("firing", 0), ("resolved", 300_000)]
+    assert people["street"].got == people["city"].got == []
+
+
 async def test_response_times_are_measured_from_the_alerts_start() -> None:
     """Detected when recorded, acknowledged and resolved by hand: each is measured from
     the reading that raised the alert, kept by district, kind and peak level, and handed

@@ -462,6 +462,35 @@ async def test_a_receiver_down_for_most_of_an_hour_still_gets_it_once() -> None:
     assert max(delays) <= 60.0
 
 
+async def test_a_receiver_down_past_its_horizon_fails_over_one_attempt_each() -> None:
+    """The horizon counts from when the receiver started failing: the first notification
+    is retried for its 100 s; the next ones get one attempt each and go to the fallback,
+    instead of 100 s each while everything else waits."""
+    mono = FakeMonotonic()
+
+    async def sleep(delay: float) -> None:
+        mono.now += delay
+
+    class Down(Scripted):
+        async def send(self, n: Notification) -> None:
+            mono.now += 10.0  # each attempt a 10 s timeout
+            await super().send(n)
+
+    hook = Down("hook", errors=tuple(retryable() for _ in range(100)))
+    sms, rec = Scripted("sms"), Recorder()
+    async with AlertService(
+        [hook, sms], clock=ManualClock(), retry_for={"hook": 100.0}, fallback="sms",
+        monotonic=mono, sleep=sleep, rng=random.Random(3), on_delivery=rec.on_delivery,
+    ) as svc:  # fmt: skip
+        for fp in "abc":
+            await svc.submit(warning(Level.RED, fp=fp))
+        await asyncio.wait_for(svc.drain(), WAIT)
+    first = hook.calls.count(hook.calls[0])
+    assert first > 3
+    assert len(hook.calls) == first + 2  # b and c: one attempt each
+    assert [n.alert.fingerprint for n in sms.delivered] == ["a", "b", "c"]
+
+
 async def test_gives_up_after_the_time_cap_between_attempts() -> None:
     """No retry starts once `give_up_after` would be exceeded, however many attempts are left."""
     mono = FakeMonotonic()

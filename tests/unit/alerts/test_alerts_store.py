@@ -270,6 +270,23 @@ async def test_a_store_of_another_schema_is_refused_by_name(tmp_path: Path) -> N
             pass
 
 
+async def test_two_receivers_giving_up_owe_the_fallback_once(tmp_path: Path) -> None:
+    """Both pagers refuse the same notifications: the fallback gets each once, and the
+    service drains (nothing counted twice)."""
+    gone = DeliveryError("x", "HTTP 410 Gone", retryable=False)
+    a, b = Receiver("a", errors=(gone,) * 3), Receiver("b", errors=(gone,) * 3)
+    sms = Receiver("sms")
+    async with AlertStore(tmp_path / "a.sqlite3") as store:
+        async with service([a, b, sms], store, fallback="sms", queue_size=1) as svc:
+            for i in range(3):
+                await svc.submit(make_warning(Level.RED, fp=f"fp-{i}", node=f"wl-{i}"))
+            await asyncio.wait_for(svc.drain(), WAIT)
+            assert svc.stats().undelivered == 0
+        counts = await store.counts()
+    assert sorted(n.alert.fingerprint for n in sms.got) == ["fp-0", "fp-1", "fp-2"]
+    assert (counts["dead"], counts["pending"]) == (6, 0)
+
+
 def test_a_fallback_must_be_a_receiver() -> None:
     with pytest.raises(ValueError, match="fallback receiver 'sms' is not one of"):
         AlertService([Receiver("a")], clock=ManualClock(0.0), fallback="sms")

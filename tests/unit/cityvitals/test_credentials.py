@@ -10,6 +10,7 @@ import stat
 from itertools import count
 from pathlib import Path
 
+import msgspec
 import pytest
 from click.testing import CliRunner
 
@@ -82,7 +83,9 @@ def test_an_agents_file_groups_nodes_under_the_device_that_serves_them(tmp_path:
     ("body", "message"),
     [
         ("agent,nodes\npi,x\n", "header: expected the columns agent,node"),
-        ("agent,node\npi/1,{n}\n", "line 2, agent: expected letters, digits"),
+        ("agent,node\npi/1,{n}\n", "line 2, agent: expected an edge agent id"),
+        ("agent,node\nPi-1,{n}\n", "line 2, agent: expected an edge agent id"),
+        ("agent,node\ncityvitals-gateway,{n}\n", "line 2, agent: expected a name no service"),
         ("agent,node\npi-a,{n}\npi-b,{n}\n", "line 3, node: expected each node once"),
     ],
 )
@@ -90,6 +93,15 @@ def test_a_wrong_agents_file_names_the_line(tmp_path: Path, body: str, message: 
     (tmp_path / "agents.csv").write_text(body.format(n=next(iter(CITY)).node))
     with pytest.raises(ConfigError, match=message):
         load_assignment(tmp_path / "agents.csv")
+
+
+def test_a_node_named_like_a_service_is_refused(tmp_path: Path) -> None:
+    """Its own agent, it would share the gateway's password and read all of city/#."""
+    first = next(iter(CITY))
+    impostor = Registry([msgspec.structs.replace(first, node=GATEWAY_USER), *list(CITY)[1:]])
+    with pytest.raises(ConfigError, match="node: expected a name no service has"):
+        issue(impostor, tmp_path / "auth")
+    assert not (tmp_path / "auth").exists()
 
 
 def test_every_node_needs_an_agent_and_no_stranger_gets_one() -> None:
