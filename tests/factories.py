@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from cityvitals.contract import Placement, Warning
 from cityvitals.kinds import Kind
 from cityvitals.levels import Level
+
+if TYPE_CHECKING:
+    from alerts.model import Notification
 
 PLACE = Placement(
     district="Harbour", street="Dockside Street", grid="HB-101", unit="harbour-ops", lat=1, lon=2
@@ -41,3 +46,14 @@ def make_warning(
         seq=seq,
         placement=placement,
     )
+
+
+class KeepingReceiver:
+    """A receiver (an `alerts.notify.Notifier`) that keeps every notification it is sent."""
+
+    def __init__(self, name: str = "ops") -> None:
+        self.name = name
+        self.got: list[Notification] = []
+
+    async def send(self, n: Notification) -> None:
+        self.got.append(n)

@@ -55,8 +55,13 @@ from stream.kafka_offsets import PartitionReader
 from stream.presence import PresencePolicy
 from stream.rules import load_rules
 from stream.sinks.influx import InfluxSink
-from stream.sinks.meter import Gauge, PipelineMeter
-from stream.sinks.points import FieldValue
+from stream.sinks.meter import (
+    Gauge,
+    PipelineMeter,
+    delivery_gauges,
+    gateway_gauge,
+    stream_gauge,
+)
 from stream.sinks.tee import TeeSink
 from stream.worker import TABLES, StreamWorker, create_worker_app, watch_recovery
 
@@ -150,7 +155,7 @@ async def running(settings: Settings, roles: Collection[str]) -> AsyncIterator[R
                     PipelineMeter(
                         influx,
                         settings.gateway.client_id,
-                        lambda: [_gateway_gauge(gateway)],
+                        lambda: [gateway_gauge(gateway.stats().routed)],
                         clock=SystemClock(),
                     )
                 )
@@ -188,19 +193,6 @@ def _agent_writer(influx: InfluxSink | None) -> OnAgent | None:
         await influx.write_agent(status, received_ms)
 
     return write
-
-
-def _gateway_gauge(gateway: KafkaGateway) -> Gauge:
-    r = gateway.stats().routed
-    return Gauge(
-        "gateway",
-        {
-            "received": r.received,
-            "forwarded": r.forwarded,
-            "duplicates": r.duplicates,
-            "dead_letters": r.dead_letters,
-        },
-    )
 
 
 def gateway_for(
@@ -304,21 +296,15 @@ class StreamRole:
         return self.worker
 
     async def _gauges(self) -> list[Gauge]:
-        p = self.worker.pipeline
-        fields: dict[str, FieldValue] = {
-            "processed": p.processed,
-            "duplicates": p.duplicates,
-            "errors": p.errors,
-            "warnings": p.warnings,
-        }
+        backlog = None
         try:
             # The group's, as this worker sees it: every worker reports the same.
             # Bounded: a Kafka that is down must not hold up the counters or a stop.
             lag = self._reader.lag(self._readings_topic, self._partitions)
-            fields["backlog"] = await asyncio.wait_for(lag, 5.0)
+            backlog = await asyncio.wait_for(lag, 5.0)
         except (KafkaError, TimeoutError) as exc:
             log.debug("stream backlog not measured: %s", exc)
-        return [Gauge("stream", fields)]
+        return [stream_gauge(self.worker.pipeline, backlog=backlog)]
 
     async def __aexit__(
         self,
@@ -474,14 +460,7 @@ class AlertsRole:
                 PipelineMeter(
                     influx,
                     _instance(),
-                    lambda: [
-                        Gauge(
-                            "alerts",
-                            {"delivered": r.delivered, "failed": r.failed, "pending": r.pending},
-                            receiver=r.name,
-                        )
-                        for r in service.receivers()
-                    ],
+                    lambda: delivery_gauges(service.receivers()),
                     clock=clock,
                 )
             )

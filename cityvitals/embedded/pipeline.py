@@ -49,7 +49,13 @@ from stream.agents import ReadingPipeline, ReadingSink
 from stream.app import create_embedded_app
 from stream.areas import AreaEngine
 from stream.engine import RuleEngine
-from stream.sinks.meter import Gauge, PipelineMeter
+from stream.sinks.meter import (
+    Gauge,
+    PipelineMeter,
+    delivery_gauges,
+    gateway_gauge,
+    stream_gauge,
+)
 from stream.sinks.tee import TeeSink
 
 log = logging.getLogger(__name__)
@@ -286,34 +292,11 @@ class EmbeddedPipeline:
         g, s = self.gateway.stats(), self.stream
         handled = s.processed + s.duplicates + s.errors
         return [
-            Gauge(
-                "gateway",
-                {
-                    "received": g.received,
-                    "forwarded": g.forwarded,
-                    "duplicates": g.duplicates,
-                    "dead_letters": g.dead_letters,
-                },
-            ),
-            Gauge(
-                "stream",
-                {
-                    "processed": s.processed,
-                    "errors": s.errors,
-                    "warnings": s.warnings,
-                    # Forwarded and not yet handled: the in-memory channel's depth
-                    # (what Kafka lag is in the distributed mode).
-                    "backlog": max(0, g.forwarded - handled),
-                },
-            ),
-            *(
-                Gauge(
-                    "alerts",
-                    {"delivered": r.delivered, "failed": r.failed, "pending": r.pending},
-                    receiver=r.name,
-                )
-                for r in self.alerts.receivers()
-            ),
+            gateway_gauge(g),
+            # Forwarded and not yet handled: the in-memory channel's depth (what
+            # Kafka lag is in the distributed mode).
+            stream_gauge(s, backlog=max(0, g.forwarded - handled)),
+            *delivery_gauges(self.alerts.receivers()),
         ]
 
     async def _on_response(self, o: Observation) -> None:

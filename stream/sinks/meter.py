@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol, Self
@@ -25,7 +25,14 @@ from cityvitals.clock import Clock
 from cityvitals.tasks import cancel_and_wait
 from stream.sinks.points import FieldValue
 
-__all__ = ["Gauge", "PipelineMeter", "PipelineSink"]
+__all__ = [
+    "Gauge",
+    "PipelineMeter",
+    "PipelineSink",
+    "delivery_gauges",
+    "gateway_gauge",
+    "stream_gauge",
+]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +58,70 @@ class Gauge:
     role: str
     fields: Mapping[str, FieldValue]
     receiver: str = ""
+
+
+class GatewayCounts(Protocol):
+    @property
+    def received(self) -> int: ...
+    @property
+    def forwarded(self) -> int: ...
+    @property
+    def duplicates(self) -> int: ...
+    @property
+    def dead_letters(self) -> int: ...
+
+
+class StreamCounts(Protocol):
+    @property
+    def processed(self) -> int: ...
+    @property
+    def duplicates(self) -> int: ...
+    @property
+    def errors(self) -> int: ...
+    @property
+    def warnings(self) -> int: ...
+
+
+class ReceiverCounts(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def delivered(self) -> int: ...
+    @property
+    def failed(self) -> int: ...
+    @property
+    def pending(self) -> int: ...
+
+
+def gateway_gauge(c: GatewayCounts) -> Gauge:
+    """The gateway's point, from either gateway's counts (MQTT bridge or Kafka)."""
+    fields = {"received": c.received, "forwarded": c.forwarded, "duplicates": c.duplicates}
+    return Gauge("gateway", {**fields, "dead_letters": c.dead_letters})
+
+
+def stream_gauge(c: StreamCounts, *, backlog: int | None) -> Gauge:
+    """The stream's point; `backlog` (Kafka lag, or the channel's depth) when measured."""
+    fields: dict[str, FieldValue] = {
+        "processed": c.processed,
+        "duplicates": c.duplicates,
+        "errors": c.errors,
+        "warnings": c.warnings,
+    }
+    if backlog is not None:
+        fields["backlog"] = backlog
+    return Gauge("stream", fields)
+
+
+def delivery_gauges(receivers: Iterable[ReceiverCounts]) -> list[Gauge]:
+    """One alerts point per receiver (`AlertService.receivers()`)."""
+    return [
+        Gauge(
+            "alerts",
+            {"delivered": r.delivered, "failed": r.failed, "pending": r.pending},
+            receiver=r.name,
+        )
+        for r in receivers
+    ]
 
 
 class PipelineMeter:

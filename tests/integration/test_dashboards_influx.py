@@ -12,32 +12,16 @@ from pathlib import Path
 import pytest
 
 from cityvitals.dashboards.flux import render
-from cityvitals.embedded.demo import DemoOptions, run_demo
-from tests.integration.test_influx_sink import new_bucket, query, sink_for, wait_shipped
+from tests.integration.test_influx_sink import demo_day_into, query
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
-DAY_START_MS = 1_764_028_800_000 - 86_400_000
 START, STOP = "2025-11-24T00:00:00Z", "2025-11-25T00:00:00Z"
 
 
 async def test_every_panel_query_returns_what_a_demo_day_wrote(influxdb, tmp_path) -> None:
-    bucket = await new_bucket(influxdb)
-    options = DemoOptions(
-        data_dir=tmp_path / "data",
-        duration_s=0.0,
-        nodes=48,
-        districts=3,
-        seed=42,
-        day_start_ms=DAY_START_MS,
-        drain_timeout_s=60.0,
-        rules_path=REPO / "deploy" / "rules.toml",
-    )
-    async with sink_for(influxdb, bucket, tmp_path / "spool") as sink:
-        result = await run_demo(options, extra_sinks=[sink])
-        await wait_shipped(sink)
-    assert result.ok
+    bucket = await demo_day_into(influxdb, tmp_path)
     boards = sorted((REPO / "deploy" / "grafana" / "dashboards").glob("*.json"))
     assert len(boards) == 8
     empty, ran = [], 0

@@ -396,12 +396,9 @@ DAY_START_MS = TS - 86_400_000
 TICKS = int(DAY_S // 600)
 
 
-async def test_the_demo_day_lands_in_influxdb(influxdb, tmp_path):
-    """The embedded demo (with deploy/rules.toml: every rule type, anomaly scores
-    included) and InfluxDB as an extra sink: the rainstorm's and the fire's orange and red
-    warnings are in InfluxDB at their expected peak levels, and every `reading`, `warning`
-    and `score` point read back through the query API is exactly what the embedded store
-    holds for it: one schema, two sinks."""
+async def demo_day_into(influxdb: InfluxServer, tmp_path: Path) -> str:
+    """The demo's day (seed 42, 48 nodes, deploy/rules.toml) into a new bucket, shipped;
+    its embedded store in tmp_path/data. The bucket's name."""
     bucket = await new_bucket(influxdb)
     options = DemoOptions(
         data_dir=tmp_path / "data",
@@ -417,6 +414,16 @@ async def test_the_demo_day_lands_in_influxdb(influxdb, tmp_path):
         result = await run_demo(options, extra_sinks=[sink])
         await wait_shipped(sink)
     assert result.ok
+    return bucket
+
+
+async def test_the_demo_day_lands_in_influxdb(influxdb, tmp_path):
+    """The embedded demo (with deploy/rules.toml: every rule type, anomaly scores
+    included) and InfluxDB as an extra sink: the rainstorm's and the fire's orange and red
+    warnings are in InfluxDB at their expected peak levels, and every `reading`, `warning`
+    and `score` point read back through the query API is exactly what the embedded store
+    holds for it: one schema, two sinks."""
+    bucket = await demo_day_into(influxdb, tmp_path)
 
     scenario = Scenario.default(
         generate_city(nodes=NODES, districts=DISTRICTS, seed=SEED), seed=SEED

@@ -14,11 +14,11 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from alerts.api import AlertsApi, Tokens
 from alerts.links import ack_link
-from alerts.model import Notification
 from alerts.service import AlertService
 from cityvitals.clock import ManualClock
 from cityvitals.errors import ConfigError
 from cityvitals.levels import Level
+from tests.factories import KeepingReceiver as Receiver
 from tests.factories import make_warning
 
 T0 = 1_764_028_800.0
@@ -28,16 +28,6 @@ TOKENS = {
     "operator": "o" * 32,
     "admin": "a" * 32,
 }
-
-
-class Receiver:
-    name = "ops"
-
-    def __init__(self) -> None:
-        self.got: list[Notification] = []
-
-    async def send(self, n: Notification) -> None:
-        self.got.append(n)
 
 
 @pytest.fixture

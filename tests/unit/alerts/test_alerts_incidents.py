@@ -10,13 +10,13 @@ import msgspec
 
 from alerts.book import AlertBook
 from alerts.incidents import IncidentBook
-from alerts.model import Notification
 from alerts.service import AlertService
 from alerts.store import AlertStore
 from cityvitals.clock import ManualClock
 from cityvitals.kinds import Kind
 from cityvitals.levels import Level
 from tests.factories import PLACE, make_warning
+from tests.factories import KeepingReceiver as Receiver
 
 MIN = 60_000
 OTHER_STREET = QUAY = msgspec.structs.replace(PLACE, street="Quay Road", grid="HB-102")
@@ -84,16 +84,6 @@ def test_a_quiet_incident_takes_no_newcomers_and_streets_group_apart() -> None:
         make_warning(Level.YELLOW, fp="b", node="wl-2", ts_ms=MIN, placement=OTHER_STREET),
     )
     assert (one.place, two.place) == ("Dockside Street", "Quay Road")
-
-
-class Receiver:
-    name = "ops"
-
-    def __init__(self) -> None:
-        self.got: list[Notification] = []
-
-    async def send(self, n: Notification) -> None:
-        self.got.append(n)
 
 
 async def test_notifications_carry_the_incident_and_it_survives_a_restart(tmp_path: Path) -> None:

@@ -9,27 +9,19 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from alerts.model import Notification
 from alerts.service import AlertNotFound, AlertService
 from alerts.silences import Matcher, Silence
 from alerts.store import AlertStore
 from cityvitals.clock import EventClock, ManualClock
 from cityvitals.levels import Level
-from tests.factories import PLACE, make_warning
+from tests.factories import PLACE, KeepingReceiver, make_warning
 
 WAIT = 5.0
 T0 = 1_764_028_800.0  # the clock's start, seconds
 T0_MS = int(T0 * 1000)
 
 
-class Receiver:
-    def __init__(self, name: str = "ops") -> None:
-        self.name = name
-        self.got: list[Notification] = []
-
-    async def send(self, n: Notification) -> None:
-        self.got.append(n)
-
+class Receiver(KeepingReceiver):
     def events(self) -> list[tuple[str, int]]:
         """(event, ms after T0) of each notification."""
         return [(n.event, n.ts_ms - T0_MS) for n in self.got]

@@ -8,24 +8,15 @@ import asyncio
 import msgspec
 import pytest
 
-from alerts.model import Notification
 from alerts.routing import Route, Router
 from alerts.service import AlertService
 from alerts.silences import Matcher
 from cityvitals.clock import ManualClock
 from cityvitals.levels import Level
 from tests.factories import PLACE, make_warning
+from tests.factories import KeepingReceiver as Receiver
 
 INLAND = msgspec.structs.replace(PLACE, district="Inland")
-
-
-class Receiver:
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.got: list[Notification] = []
-
-    async def send(self, n: Notification) -> None:
-        self.got.append(n)
 
 
 ROUTER = Router(
