@@ -7,6 +7,11 @@ place when the area is that scope, else by its placement. The incident's
 level is the highest level of its open alerts; it resolves when the last of
 them does, and a later alert there opens a new incident.
 
+Grouping goes by the alerts' own times, not by when they arrive: a late alert
+(its edge agent replayed a buffer, or its stream partition fell behind the
+others) rejoins the incident that was open at its time, even if that incident
+has resolved since, rather than open a second incident for the same storm.
+
 >>> from alerts.book import AlertBook
 >>> from tests.factories import make_warning
 >>> from cityvitals.levels import Level
@@ -19,6 +24,7 @@ them does, and a later alert there opens a new incident.
 
 from __future__ import annotations
 
+import contextlib
 from collections import deque
 from collections.abc import Iterable
 from typing import Final, Literal
@@ -37,6 +43,8 @@ GroupBy = Literal["district", "street", "grid"]
 WINDOW_MS: Final = 60 * 60_000
 #: Resolved incidents kept to list.
 RECENT: Final = 1000
+#: Resolved incidents kept per kind and place for late alerts to rejoin.
+REJOINABLE: Final = 4
 
 
 class Incident(msgspec.Struct, frozen=True, kw_only=True):
@@ -70,8 +78,11 @@ class IncidentBook:
         self.window_ms = window_ms
         self._by_id: dict[str, Incident] = {}
         self._of_alert: dict[str, str] = {}
-        # The open incident of each (kind, place), if any.
+        # The open incident newcomers of each (kind, place) join, if any; a late
+        # alert can reopen an older one beside it (`_by_id` holds every open one).
         self._open: dict[tuple[Kind, str], str] = {}
+        # The last resolved incidents of each (kind, place), newest last.
+        self._resolved: dict[tuple[Kind, str], deque[Incident]] = {}
         self._levels: dict[str, Level] = {}  # open alerts' levels
         #: Resolved incidents, newest last, bounded.
         self._recent: deque[Incident] = deque(maxlen=RECENT)
@@ -81,6 +92,7 @@ class IncidentBook:
         for incident in incidents:
             if incident.state != "open":
                 self._recent.append(incident)
+                self._keep_resolved(incident)
                 continue
             self._by_id[incident.id] = incident
             for fp in incident.alerts:
@@ -100,7 +112,7 @@ class IncidentBook:
         return self._by_id.get(incident_id)
 
     def open_incidents(self) -> list[Incident]:
-        return [self._by_id[i] for i in self._open.values()]
+        return list(self._by_id.values())
 
     def apply(self, n: Notification) -> Incident | None:
         """Fold one alert change in; the incident it changed, or None (no change)."""
@@ -125,8 +137,10 @@ class IncidentBook:
             updated_ms=max(current.updated_ms, n.ts_ms),
         )
         if not still:
+            # Its last change, not this one's time: a late alert resolving may be
+            # dated before the alert that resolved the incident first.
             changed = msgspec.structs.replace(
-                changed, state="resolved", resolved_ms=n.ts_ms, level=Level.NONE
+                changed, state="resolved", resolved_ms=changed.updated_ms, level=Level.NONE
             )
             self._close(changed)
             return changed
@@ -139,25 +153,55 @@ class IncidentBook:
         key = (incident.kind, incident.place)
         if self._open.get(key) == incident.id:
             del self._open[key]
+            # A late alert may have reopened another incident here beside it.
+            others = [
+                i for i in self._by_id.values() if (i.kind, i.place) == key and i.id != incident.id
+            ]
+            if others:
+                self._open[key] = max(others, key=lambda i: i.updated_ms).id
         for fp in incident.alerts:
             if self._of_alert.get(fp) == incident.id:
                 del self._of_alert[fp]
         self._by_id.pop(incident.id, None)
         self._recent.append(incident)
+        self._keep_resolved(incident)
+
+    def _keep_resolved(self, incident: Incident) -> None:
+        key = (incident.kind, incident.place)
+        kept = self._resolved.setdefault(key, deque(maxlen=REJOINABLE))
+        kept.append(incident)
+
+    def _rejoinable(self, key: tuple[Kind, str], ts_ms: int) -> Incident | None:
+        """The resolved incident that was open at `ts_ms`, had the alert come in time."""
+        for old in reversed(self._resolved.get(key, ())):
+            resolved_ms = old.resolved_ms if old.resolved_ms is not None else old.updated_ms
+            if old.opened_ms - self.window_ms <= ts_ms <= resolved_ms:
+                return old
+        return None
+
+    def _add(self, incident: Incident, fp: str) -> Incident:
+        alerts = incident.alerts if fp in incident.alerts else (*incident.alerts, fp)
+        joined = msgspec.structs.replace(incident, alerts=alerts)
+        self._by_id[joined.id] = joined
+        self._of_alert[fp] = joined.id
+        return joined
 
     def _join(self, alert: Alert, ts_ms: int) -> Incident:
         place = _place(alert, self.group_by)
         key = (alert.kind, place)
+        old = self._rejoinable(key, ts_ms)
+        if old is not None:
+            self._resolved[key].remove(old)
+            with contextlib.suppress(ValueError):  # already past the `recent` bound
+                self._recent.remove(old)
+            reopened = msgspec.structs.replace(old, state="open", resolved_ms=None)
+            self._open.setdefault(key, reopened.id)
+            return self._add(reopened, alert.fingerprint)
         open_id = self._open.get(key)
         if open_id is not None:
             incident = self._by_id[open_id]
             if ts_ms - incident.updated_ms <= self.window_ms:
-                joined = msgspec.structs.replace(
-                    incident, alerts=(*incident.alerts, alert.fingerprint)
-                )
-                self._by_id[open_id] = joined
-                self._of_alert[alert.fingerprint] = open_id
-                return joined
+                return self._add(incident, alert.fingerprint)
         incident = Incident(
             id=fingerprint(kind=alert.kind.value, place=place, opened=str(ts_ms)),
             kind=alert.kind,

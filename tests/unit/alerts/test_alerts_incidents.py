@@ -7,6 +7,8 @@ import asyncio
 from pathlib import Path
 
 import msgspec
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from alerts.book import AlertBook
 from alerts.incidents import IncidentBook
@@ -106,3 +108,117 @@ async def test_notifications_carry_the_incident_and_it_survives_a_restart(tmp_pa
         assert svc.incidents.open_incidents() == []
         assert svc.incidents.recent()[0].id == incident
     assert [n.incident for n in ops2.got] == [incident, incident]
+
+
+def test_a_late_alert_rejoins_the_incident_that_was_open_at_its_time() -> None:
+    """A gauge whose agent fell behind reports an alert dated inside an incident that has
+    resolved since: it reopens that incident (same id, resolved when its own alert does,
+    at the incident's last change) instead of opening a second one for the same storm.
+    An alert dated after the incident resolved still opens a new one."""
+    book, incidents = AlertBook(), IncidentBook(group_by="district", window_ms=60 * MIN)
+    a, a_clear, late, late_clear, after = changes(
+        incidents,
+        book,
+        make_warning(Level.YELLOW, fp="a", node="wl-1", ts_ms=0),
+        make_warning(Level.NONE, fp="a", node="wl-1", ts_ms=90 * MIN, seq=2),
+        make_warning(Level.ORANGE, fp="b", node="wl-2", ts_ms=30 * MIN, placement=QUAY),
+        make_warning(Level.NONE, fp="b", node="wl-2", ts_ms=60 * MIN, seq=2, placement=QUAY),
+        make_warning(Level.YELLOW, fp="c", node="wl-3", ts_ms=100 * MIN),
+    )
+    assert a.id == a_clear.id == late.id == late_clear.id != after.id
+    assert (a_clear.state, late.state, late.open, late.resolved_ms) == (
+        "resolved",
+        "open",
+        ("b",),
+        None,
+    )
+    assert (late_clear.state, late_clear.alerts, late_clear.peak_level) == (
+        "resolved",
+        ("a", "b"),
+        Level.ORANGE,
+    )
+    assert late_clear.resolved_ms == 90 * MIN
+    assert [i.id for i in incidents.recent()] == [a.id]
+    assert [i.id for i in incidents.open_incidents()] == [after.id]
+
+
+async def test_a_late_alert_after_a_restart_reopens_the_stored_incident(tmp_path: Path) -> None:
+    """The resolved incidents come back from the store with the rest, so a late alert
+    read after a restart (a lagging area stage, a replayed edge buffer) still rejoins the
+    incident that was open at its time, and the store has it open again."""
+    path = tmp_path / "alerts.sqlite3"
+    clock, ops = ManualClock(1_764_028_800.0), Receiver()
+    async with AlertStore(path) as store, AlertService([ops], clock=clock, store=store) as svc:
+        await svc.submit(make_warning(Level.YELLOW, fp="a", ts_ms=0))
+        await svc.submit(make_warning(Level.NONE, fp="a", ts_ms=90 * MIN, seq=2))
+        await asyncio.wait_for(svc.drain(), 5)
+    incident = ops.got[0].incident
+    ops2 = Receiver()
+    async with AlertStore(path) as store, AlertService([ops2], clock=clock, store=store) as svc:
+        await svc.submit(make_warning(Level.ORANGE, fp="b", node="wl-2", ts_ms=30 * MIN))
+        await asyncio.wait_for(svc.drain(), 5)
+        assert [n.incident for n in ops2.got] == [incident]
+    async with AlertStore(path) as store:
+        (stored,) = [i for i in await store.incidents() if i.id == incident]
+    assert (stored.state, stored.open, stored.alerts) == ("open", ("b",), ("a", "b"))
+
+
+def test_a_late_alert_reopens_an_old_incident_beside_a_newer_one() -> None:
+    """While a newer incident is open at the same place, a late alert dated inside an older,
+    resolved one reopens that one; both are open, newcomers still join the newer, and
+    when the old one resolves again the newer keeps taking them."""
+    book, incidents = AlertBook(), IncidentBook(group_by="district", window_ms=10 * MIN)
+    first, _, newer, late = changes(
+        incidents,
+        book,
+        make_warning(Level.YELLOW, fp="a", ts_ms=0),
+        make_warning(Level.NONE, fp="a", ts_ms=20 * MIN, seq=2),
+        make_warning(Level.YELLOW, fp="b", node="wl-2", ts_ms=60 * MIN),
+        make_warning(Level.RED, fp="c", node="wl-3", ts_ms=10 * MIN),
+    )
+    assert {i.id for i in incidents.open_incidents()} == {first.id, newer.id}
+    late_clear, newcomer = changes(
+        incidents,
+        book,
+        make_warning(Level.NONE, fp="c", node="wl-3", ts_ms=15 * MIN, seq=2),
+        make_warning(Level.BLUE, fp="d", node="wl-4", ts_ms=65 * MIN),
+    )
+    assert first.id == late.id == late_clear.id != newer.id == newcomer.id
+    assert (late_clear.state, late_clear.resolved_ms) == ("resolved", 20 * MIN)
+    assert [i.id for i in incidents.open_incidents()] == [newer.id]
+    assert newcomer.alerts == ("b", "d")
+
+
+@st.composite
+def storm_arrivals(draw: st.DrawFn) -> list:
+    """Gauges of one district, each raised within the storm's first 40 minutes and cleared
+    after it, their warnings interleaved in any order that keeps each gauge's own order
+    (agents and partitions run at their own pace)."""
+    streams = []
+    for g in range(draw(st.integers(1, 6))):
+        raised = draw(st.integers(0, 40)) * MIN
+        cleared = draw(st.integers(41, 300)) * MIN
+        levels = draw(st.lists(st.sampled_from(list(Level)[1:]), min_size=1, max_size=3))
+        steps = sorted(draw(st.lists(st.integers(raised, cleared), min_size=len(levels))))
+        ws = [
+            make_warning(lvl, fp=f"g{g}", node=f"wl-{g}", ts_ms=ts, seq=i)
+            for i, (lvl, ts) in enumerate(zip(levels, [raised, *steps[1:]], strict=False))
+        ]
+        ws.append(make_warning(Level.NONE, fp=f"g{g}", node=f"wl-{g}", ts_ms=cleared, seq=9))
+        streams.append(ws)
+    order = draw(st.permutations([g for g, ws in enumerate(streams) for _ in ws]))
+    return [streams[g].pop(0) for g in order]
+
+
+@settings(derandomize=True, max_examples=300, deadline=None)
+@given(storm_arrivals())
+def test_one_storm_is_one_incident_in_any_arrival_order(arrivals: list) -> None:
+    """However the gauges' warnings interleave, a storm whose alerts were all open at
+    once is one incident, resolved at its last alert's clearing."""
+    book, incidents = AlertBook(), IncidentBook(group_by="district", window_ms=60 * MIN)
+    changed = [i for i in changes(incidents, book, *arrivals) if i is not None]
+    assert len({i.id for i in changed}) == 1
+    assert incidents.open_incidents() == []
+    (done,) = incidents.recent()
+    assert done.resolved_ms == max(w.ts_ms for w in arrivals)
+    assert sorted(done.alerts) == sorted({w.fingerprint for w in arrivals})
