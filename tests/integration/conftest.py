@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import getpass
 import os
-import random
 import shutil
 import socket
 import subprocess
@@ -21,31 +20,9 @@ from pathlib import Path
 import pytest
 
 from tests.integration.distributed_support import HookReceiver
+from tests.ports import free_port
 
 pytestmark = pytest.mark.integration
-
-
-def _free_port() -> int:
-    """A port P with P and P+1 free, below the kernel's ephemeral range.
-
-    Servers here are stopped and started again on the same port, and Kafka's
-    controller listens on P+1. A port from the ephemeral range can meanwhile
-    be taken as the local end of any client connection (seen: "Socket server
-    failed to bind to 127.0.0.1:55818: Address already in use"); ports below
-    the range are never handed out that way.
-    """
-    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    rng = random.Random()
-    for _ in range(200):
-        port = rng.randrange(max(1024, low - 12_000), low - 2)
-        try:
-            with socket.socket() as a, socket.socket() as b:
-                a.bind(("127.0.0.1", port))
-                b.bind(("127.0.0.1", port + 1))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError("no two adjacent free ports below the ephemeral range")
 
 
 def _wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
@@ -79,7 +56,7 @@ class MosquittoServer:
         self, binary: str, workdir: Path, *, security: str = "allow_anonymous true\n"
     ) -> None:
         self.binary = binary
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"mqtt://127.0.0.1:{self.port}"
         self.conf = workdir / "mosquitto.conf"
         self.conf.write_text(
@@ -159,7 +136,7 @@ class KafkaServer:
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
-        self.port = _free_port()
+        self.port = free_port()
         self.bootstrap = f"127.0.0.1:{self.port}"
 
     def _script(self, *args: str) -> None:
@@ -203,7 +180,7 @@ class InfluxServer:
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.token = ""
 

@@ -9,17 +9,12 @@ import aiohttp
 import pytest
 
 from tests.integration.distributed_support import RoleProcess, write_config
+from tests.ports import free_port
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
 TOKEN = "t" * 32
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _config(tmp_path, mosquitto, kafka_server, port: int):
@@ -29,7 +24,7 @@ def _config(tmp_path, mosquitto, kafka_server, port: int):
 
 
 async def test_the_alerts_role_serves_its_api(tmp_path, mosquitto, kafka_server) -> None:
-    port = _free_port()
+    port = free_port()
     role = RoleProcess(_config(tmp_path, mosquitto, kafka_server, port), "alerts").start()
     try:
         await wait_until(

@@ -104,7 +104,9 @@ async def test_sigterm_drains_and_summarises(tmp_path):
             if marker in line:
                 return
 
-    await asyncio.wait_for(read_until("scenario: 09:40"), 60)
+    # 09:40 is 40% into the 120 s day, so ~48 s after the fleet starts, plus however
+    # long a loaded machine takes to import and start the pipeline: bounded by the day.
+    await asyncio.wait_for(read_until("scenario: 09:40"), 120)
     proc.send_signal(signal.SIGTERM)
     rest, _ = await asyncio.wait_for(proc.communicate(), 60)
     text = "".join(lines) + rest.decode()

@@ -10,7 +10,6 @@ import getpass
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 from collections.abc import AsyncIterator, Iterator
@@ -26,6 +25,7 @@ from cityvitals.credentials import GATEWAY_USER, HEALTHCHECK_USER, issue
 from cityvitals.kinds import Kind
 from tests.integration.conftest import _wait_for_port, mosquitto_binary, require
 from tests.integration.test_edge_tls import make_certificates
+from tests.ports import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -33,12 +33,6 @@ REPO = Path(__file__).resolve().parents[2]
 CITY = generate_city(nodes=10, districts=2, seed=5)
 A, B = CITY.by_kind(Kind.WATER_LEVEL)[:2]
 WAIT = 10.0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -90,7 +84,7 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
     (certs / "server.pem").rename(certs / "server.crt")
     (tmp_path / "data").mkdir()
     issue(CITY, tmp_path / "auth")
-    port = _free_port()
+    port = free_port()
     conf = production_config(tmp_path, port)
     log = (tmp_path / "mosquitto.log").open("wb")
     proc = subprocess.Popen([binary, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)  # noqa: S603

@@ -115,12 +115,12 @@ async def test_refusals_are_one_error_type_with_the_status_and_the_servers_words
 
 
 async def test_a_server_not_there_is_status_0() -> None:
-    with socket.socket() as sock:
+    with socket.socket() as sock:  # bound, never listening: refused, and nobody else's
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    async with AlertsClient(f"http://127.0.0.1:{port}", OPERATOR) as api:
-        with pytest.raises(AlertsApiError, match="cannot reach the alerts API") as gone:
-            await api.alerts()
+        async with AlertsClient(f"http://127.0.0.1:{port}", OPERATOR) as api:
+            with pytest.raises(AlertsApiError, match="cannot reach the alerts API") as gone:
+                await api.alerts()
     assert gone.value.status == 0
 
 

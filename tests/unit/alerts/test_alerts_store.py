@@ -110,6 +110,9 @@ async def test_what_is_owed_at_a_stop_is_delivered_after_it_under_the_same_key(
             await svc.submit(make_warning(Level.RED, ts_ms=2_000, seq=2))
             await asyncio.wait_for(svc.recorded(), WAIT)
             await asyncio.wait_for(down.entered.wait(), WAIT)
+            # The console's two settled (each its own fsync'd commit) before the stop,
+            # whose short drain would otherwise cut them off on a slow disk.
+            await wait_until(lambda: svc.stats().delivered == 2, "the console's two")
         assert down.calls == 1  # the first was in flight when it stopped
         assert svc.stats().undelivered == 2
         assert (await store.counts())["pending"] == 2

@@ -264,8 +264,7 @@ KILLED_WRITER = textwrap.dedent(
     """
     import asyncio, sys
     from edge.buffer import Outbound
-    from tests.waiting import wait_until
-from edge.queue import DurableQueue
+    from edge.queue import DurableQueue
 
     async def main(path):
         async with DurableQueue(path) as q:
@@ -300,6 +299,9 @@ def test_sigkill_mid_stream_loses_nothing_that_was_synced(tmp_path: Path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     proc.stdout.close()
+    # Killed, not dead of its own accord (a broken script would leave nothing to check).
+    assert proc.returncode == -signal.SIGKILL
+    assert synced >= 2000
 
     async def reopen() -> tuple[list[int], int]:
         async with DurableQueue(path) as q:

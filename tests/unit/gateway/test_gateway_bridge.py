@@ -228,7 +228,12 @@ payloads = (
 )
 
 
-@settings(derandomize=True, max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    derandomize=True,
+    max_examples=400,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 @given(st.lists(st.tuples(topics, payloads), min_size=1, max_size=20))
 async def test_garbage_never_stops_the_gateway_and_every_message_is_accounted_for(messages):
     """Whatever arrives, handle() returns, and each message is forwarded, a duplicate,
