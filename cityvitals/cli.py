@@ -389,9 +389,14 @@ def _serve(config_path: Path, chosen: set[str], *, check: bool, verbose: int) ->
         from cityvitals.registry import Registry
 
         try:
-            nodes = len(Registry.load(settings.registry_path))
+            registry = Registry.load(settings.registry_path)
         except CityvitalsError as exc:
             raise click.ClickException(str(exc)) from exc
+        owners = ""
+        if settings.gateway.owners is not None:
+            from cityvitals.credentials import describe_owners
+
+            owners = f"; agents file: {describe_owners(settings.gateway.owners, registry)}"
         rules = "built-in rules"
         if settings.stream.rules_path is not None:
             from stream.rules import load_rules
@@ -408,7 +413,7 @@ def _serve(config_path: Path, chosen: set[str], *, check: bool, verbose: int) ->
             f"{' with TLS' if settings.broker.tls else ''}; Kafka {k.bootstrap_servers} "
             f"({k.partitions} partitions, topics {k.readings_topic}, {k.presence_topic}, "
             f"{k.warnings_topic}, {k.dead_letter_topic}); registry {settings.registry_path} "
-            f"({nodes} nodes)"
+            f"({len(registry)} nodes){owners}"
         )
         return
     _setup_logging(verbose, plain=not sys.stderr.isatty())

@@ -54,6 +54,9 @@ class Reason(StrEnum):
     TOPIC_MISMATCH = "topic_mismatch"
     UNKNOWN_NODE = "unknown_node"
     KIND_MISMATCH = "kind_mismatch"
+    #: An edge agent's status speaks for nodes the agents file gives to another
+    #: agent (or to none): those claims are ignored, the rest of it is used.
+    NOT_OWNER = "not_owner"
     #: Not the sender's fault: our own processing failed. The bytes are kept
     #: so the message can be replayed once the fault is fixed.
     INTERNAL = "internal_error"

@@ -22,6 +22,10 @@ the columns `agent,node`).
 - `mosquitto.passwd`: Mosquitto's password file (PBKDF2-SHA512 hashes, the
   `$7$` format of Mosquitto 2), for `password_file`.
 - `mosquitto.acl`: for `acl_file`.
+- `agents.csv` (`agent,node`): who speaks for which node, as issued, for
+  the gateway's `[gateway] agents_file`. The ACL stops an agent publishing
+  *as* another; with this file the gateway also ignores an agent's status
+  when it speaks for another's nodes (it could claim them offline).
 
 Users no longer in the registry (or the assignment) lose their password
 file and their lines: their credentials are revoked. Mosquitto reads both
@@ -56,7 +60,9 @@ __all__ = [
     "Agent",
     "Issued",
     "acl_text",
+    "agents_csv",
     "agents_of",
+    "describe_owners",
     "issue",
     "load_assignment",
     "password_line",
@@ -180,6 +186,24 @@ def acl_text(agents: Sequence[Agent], *, source: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def agents_csv(agents: Sequence[Agent]) -> str:
+    """The agents file `load_assignment` reads: one `agent,node` line per node."""
+    rows = [f"{agent.id},{d.node}" for agent in agents for d in agent.nodes]
+    return "\n".join(["agent,node", *rows]) + "\n"
+
+
+def describe_owners(owners: Mapping[str, str], registry: Registry) -> str:
+    """One line for the operator: how many agents speak for how many nodes, and the
+    registry's nodes nobody speaks for (their agents' presence claims are ignored)."""
+    nodes = {d.node for d in registry}
+    unowned = sorted(nodes - set(owners))
+    said = f"{len(set(owners.values()))} agents for {len(nodes) - len(unowned)} nodes"
+    if unowned:
+        more = "..." if len(unowned) > 5 else ""
+        said += f", none for {len(unowned)} ({', '.join(unowned[:5])}{more})"
+    return said
+
+
 def issue(
     registry: Registry,
     directory: Path,
@@ -232,6 +256,7 @@ def issue(
         (keys / f"{user}.txt").unlink()
     _write_private(directory / "mosquitto.passwd", "\n".join(lines) + "\n", mode=0o640)
     (directory / "mosquitto.acl").write_text(acl_text(agents, source=source), encoding="utf-8")
+    (directory / "agents.csv").write_text(agents_csv(agents), encoding="utf-8")
     return Issued(
         directory,
         added=tuple(added),

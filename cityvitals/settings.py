@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import re
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
@@ -37,6 +38,7 @@ from urllib.parse import urlsplit
 import msgspec
 
 from cityvitals.config import BrokerSettings
+from cityvitals.credentials import load_assignment
 from cityvitals.errors import ConfigError
 from cityvitals.kinds import Kind
 from cityvitals.levels import Level
@@ -104,6 +106,10 @@ class GatewaySection(_Section, frozen=True):
     share_group: Annotated[str, msgspec.Meta(pattern=SHARE_GROUP)] = "cityvitals-gateway"
     max_unacked: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 1000
     dedup_window: Annotated[int, msgspec.Meta(ge=1, le=65536)] = 4096
+    #: The agents CSV (agent,node) the broker credentials were issued from
+    #: (`cityvitals city credentials` writes one beside them); set, an agent's
+    #: status speaks only for its own nodes. Empty: for any node it lists.
+    agents_file: str = ""
 
 
 class StreamSection(_Section, frozen=True):
@@ -308,6 +314,8 @@ class GatewaySettings:
     share_group: str = "cityvitals-gateway"
     max_unacked: int = 1000
     dedup_window: int = 4096
+    #: node -> the edge agent that speaks for it (`[gateway] agents_file`); None: any.
+    owners: Mapping[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -434,6 +442,7 @@ def _build(path: Path, raw: SettingsFile) -> Settings:
             share_group=raw.gateway.share_group,
             max_unacked=raw.gateway.max_unacked,
             dedup_window=raw.gateway.dedup_window,
+            owners=_owners(path, raw.gateway.agents_file),
         ),
         stream=StreamSettings(
             store_path=resolve_path(path, "stream.store", raw.stream.store, base=data_dir),
@@ -510,6 +519,20 @@ def _kafka(path: Path, section: KafkaSection) -> KafkaSettings:
         partitions=section.partitions,
         replication=section.replication,
     )
+
+
+def _owners(path: Path, agents_file: str) -> dict[str, str] | None:
+    if not agents_file:
+        return None
+    agents = resolve_path(path, "gateway.agents_file", agents_file)
+    if not agents.is_file():
+        raise ConfigError(
+            path,
+            "gateway.agents_file",
+            "an existing agents CSV (`cityvitals city credentials --out DIR` writes one there)",
+            found=str(agents),
+        )
+    return load_assignment(agents)
 
 
 def default_client_id() -> str:

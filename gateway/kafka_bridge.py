@@ -31,6 +31,7 @@ import asyncio
 import logging
 import random
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
@@ -109,6 +110,7 @@ class KafkaGateway:
         linger_ms: int = 5,
         stall_s: float = 5.0,
         on_agent: OnAgent | None = None,
+        owners: Mapping[str, str] | None = None,
     ) -> None:
         if not 1 <= max_unacked <= 65535:
             raise ValueError("max_unacked must be 1..65535 (MQTT's Receive Maximum)")
@@ -119,7 +121,9 @@ class KafkaGateway:
         self._filter = f"$share/{share_group}/{ALL_NODES_FILTER}"
         self._max_unacked = max_unacked
         self._clock = clock or SystemClock()
-        self._router = Router(registry, clock=self._clock, dedup=SeqWindow(window=dedup_window))
+        self._router = Router(
+            registry, clock=self._clock, dedup=SeqWindow(window=dedup_window), owners=owners
+        )
         self._backoff = backoff
         self._on_agent = on_agent
         self._agent_counts: Counter[str] = Counter()

@@ -9,6 +9,10 @@ refuse and count exactly alike:
 - a node's status: validate → `Route.presence`, one `PresenceReport`;
 - an edge agent's status: validate → one `PresenceReport` per node it lists
   (its last will is the only word its nodes get out when it loses power);
+  with `owners` (the agents file), only for the nodes that are its own, and a
+  `not_owner` dead letter naming the others: the broker's ACL stops an agent
+  publishing *as* another, not claiming another's nodes offline in its own
+  status;
 - an edge event: validate and count (the early-warning issue acts on them);
 - anything that fails: `Route.refused`, a `DeadLetter` with the reason and
   the raw bytes.
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -97,8 +102,11 @@ class Router:
         clock: Clock,
         validator: Validator | None = None,
         dedup: SeqWindow | None = None,
+        owners: Mapping[str, str] | None = None,
     ) -> None:
         self._clock = clock
+        #: node -> the edge agent that speaks for it; None: any agent may.
+        self._owners = owners
         self._validator = validator or Validator(registry)
         self._dedup = dedup or SeqWindow()
         self._counts: Counter[str] = Counter()
@@ -125,7 +133,7 @@ class Router:
             if parsed.channel == "telemetry":
                 return self._telemetry(parsed, payload)
             if parsed.channel == "status":
-                route = self._status(parsed, payload)
+                route = self._status(topic, parsed, payload)
                 self._counts["status"] += 1
                 return route
             self._validator.event(parsed, payload)
@@ -184,14 +192,17 @@ class Router:
         node = reading.node
         return Route(readings=(Keyed(node.encode(), encode(envelope), node, reading.seq),))
 
-    def _status(self, topic: Topic, payload: bytes) -> Route:
+    def _status(self, raw_topic: str, topic: Topic, payload: bytes) -> Route:
         if not payload:
             return _NOTHING  # an empty retained message only clears the retained status
         now = self._clock.now_ms()
         if topic.kind == AGENT_SEGMENT:
             agent = self._validator.agent_status(topic, payload)
-            reports = []
+            reports, foreign = [], []
             for ref in agent.nodes:
+                if self._owners is not None and self._owners.get(ref.node) != agent.agent:
+                    foreign.append(ref.node)
+                    continue
                 device = self._validator.registry.get(ref.node)
                 if device is None or device.kind != ref.kind:
                     # The agent serves a node the registry does not know (yet):
@@ -209,7 +220,12 @@ class Router:
                         reason=agent.reason,
                     )
                 )
-            return Route(presence=tuple(reports), agent=agent)
+            refused = None
+            if foreign:
+                refused = self.refuse(
+                    raw_topic, payload, Reason.NOT_OWNER, self._not_owner(agent.agent, foreign)
+                ).refused
+            return Route(presence=tuple(reports), agent=agent, refused=refused)
         status, device = self._validator.status(topic, payload)
         report = _presence(
             status.node,
@@ -222,6 +238,17 @@ class Router:
             reason=status.reason,
         )
         return Route(presence=(report,))
+
+    def _not_owner(self, agent: str, nodes: list[str]) -> str:
+        owners = self._owners or {}
+        said = [f"{n} ({owners[n]}'s)" if n in owners else f"{n} (nobody's)" for n in nodes[:10]]
+        more = f" and {len(nodes) - 10} more" if len(nodes) > 10 else ""
+        return (
+            f"agent {agent} speaks for nodes the agents file does not give it: "
+            + ", ".join(said)
+            + more
+            + "; their presence in this status is ignored"
+        )
 
 
 def _presence(

@@ -41,6 +41,7 @@ from alerts.silences import Matcher
 from alerts.store import AlertStore
 from cityvitals.clock import SystemClock
 from cityvitals.contract import AgentStatus, decode_warning
+from cityvitals.credentials import describe_owners
 from cityvitals.distributed.topics import ensure_topics, seed_offsets
 from cityvitals.errors import CityvitalsError
 from cityvitals.registry import Registry
@@ -148,6 +149,11 @@ async def running(settings: Settings, roles: Collection[str]) -> AsyncIterator[R
                 influx = await stack.enter_async_context(
                     InfluxSink.from_settings(_own_spool(settings, "gateway"))
                 )
+            if settings.gateway.owners is not None:
+                log.info(
+                    "gateway: agents speak only for their own nodes: %s",
+                    describe_owners(settings.gateway.owners, registry),
+                )
             gateway = gateway_for(settings, registry, on_agent=_agent_writer(influx))
             out.gateway = await stack.enter_async_context(gateway)
             if influx is not None:
@@ -213,6 +219,7 @@ def gateway_for(
         max_unacked=g.max_unacked,
         dedup_window=g.dedup_window,
         on_agent=on_agent,
+        owners=g.owners,
     )
 
 

@@ -1,12 +1,15 @@
 """The production broker config (deploy/mosquitto/mosquitto.conf) on a real Mosquitto, with
 the credentials and ACL `cityvitals city credentials` issues from a registry: TLS only, a
 password per edge agent, and an ACL under which a node publishes only its own topics and
-reads nothing. Certificates are made here with the openssl command line."""
+reads nothing; and the gateway's router, given the agents file issued with them, takes
+an agent's status only for its own nodes. Certificates are made here with the openssl
+command line."""
 
 from __future__ import annotations
 
 import asyncio
 import getpass
+import json
 import os
 import shutil
 import signal
@@ -21,8 +24,11 @@ import aiomqtt
 import pytest
 
 from cityvitals.citygen import generate_city
-from cityvitals.credentials import GATEWAY_USER, HEALTHCHECK_USER, issue
+from cityvitals.clock import SystemClock
+from cityvitals.contract import Reason, decode_presence
+from cityvitals.credentials import GATEWAY_USER, HEALTHCHECK_USER, issue, load_assignment
 from cityvitals.kinds import Kind
+from gateway.router import Router
 from tests.integration.conftest import _wait_for_port, mosquitto_binary, require
 from tests.integration.test_edge_tls import make_certificates
 from tests.ports import free_port
@@ -138,6 +144,29 @@ async def test_a_node_publishes_only_under_its_own_id(broker: Broker) -> None:
         b"forged status of B? no: A's own",
     )
     assert (str(second.topic), second.payload) == (topic(A), b"mine")
+
+
+async def test_an_agent_status_speaks_only_for_its_own_nodes(broker: Broker) -> None:
+    """The ACL lets A publish its own status; in it A claims B's node offline too. The
+    gateway's router, given the agents file issued with the credentials, takes the presence
+    of A's node and dead-letters the claim on B's as not_owner."""
+    status = {
+        "v": 1,
+        "agent": A.node,
+        "state": "offline",
+        "ts_ms": 1_764_028_800_000,
+        "nodes": [{"node": n.node, "kind": n.kind.value} for n in (A, B)],
+    }
+    async with connect(broker, GATEWAY_USER) as gateway, connect(broker, A.node) as a:
+        await gateway.subscribe("$share/cityvitals/city/+/+/+", qos=1)
+        await a.publish(f"city/agent/{A.node}/status", json.dumps(status).encode(), qos=1)
+        got = await next_message(gateway)
+    router = Router(CITY, clock=SystemClock(), owners=load_assignment(broker.auth / "agents.csv"))
+    route = router.route(str(got.topic), bytes(got.payload))  # type: ignore[arg-type]
+    assert [decode_presence(r.value).node for r in route.presence] == [A.node]
+    assert route.refused is not None
+    assert route.refused.reason is Reason.NOT_OWNER
+    assert f"{B.node} ({B.node}'s)" in route.refused.detail
 
 
 async def test_a_node_reads_nothing_not_even_its_own(broker: Broker) -> None:

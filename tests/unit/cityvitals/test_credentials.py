@@ -21,6 +21,7 @@ from cityvitals.credentials import (
     HEALTHCHECK_USER,
     acl_text,
     agents_of,
+    describe_owners,
     issue,
     load_assignment,
     password_line,
@@ -142,6 +143,19 @@ def test_issue_keeps_rotates_and_revokes(tmp_path: Path) -> None:
     assert stat.S_IMODE((out / "mosquitto.passwd").stat().st_mode) == 0o640
     with pytest.raises(ValueError, match="cannot rotate users that are not issued: ghost"):
         issue(CITY, out, rotate=["ghost"])
+
+
+def test_issue_writes_the_agents_file_the_gateway_reads(tmp_path: Path) -> None:
+    """agents.csv says who speaks for which node exactly as the ACL was issued, by default
+    and from an assignment, and reads back as that assignment."""
+    issue(CITY, tmp_path / "own")
+    assert load_assignment(tmp_path / "own" / "agents.csv") == {d.node: d.node for d in CITY}
+    assigned = {d.node: f"pi-{i % 3}" for i, d in enumerate(CITY)}
+    issue(CITY, tmp_path / "grouped", assignment=assigned)
+    assert load_assignment(tmp_path / "grouped" / "agents.csv") == assigned
+    nodes = [d.node for d in CITY]
+    said = describe_owners(dict.fromkeys(nodes[1:], "pi"), CITY)
+    assert said == f"1 agents for {len(nodes) - 1} nodes, none for 1 ({nodes[0]})"
 
 
 def test_the_cli_says_what_changed(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ from click.testing import CliRunner
 
 from cityvitals.citygen import generate_city
 from cityvitals.cli import main
+from cityvitals.credentials import agents_csv, agents_of
 from cityvitals.settings import load_settings
 
 REPO = Path(__file__).parents[3]
@@ -377,8 +378,9 @@ def _moved_config(tmp_path: Path) -> tuple[Path, Path]:
     text = CONFIG.read_text()
     root = tmp_path / "root"
     certificate = _make_certificate(tmp_path)
+    city = generate_city(nodes=20, districts=2, seed=1)
     made = {
-        "registry": lambda p: generate_city(nodes=20, districts=2, seed=1).dump(p),
+        "registry": city.dump,
         "data_dir": lambda p: p.mkdir(parents=True),
         "mqtt.password_file": lambda p: p.write_text("gateway-password\n"),
         "mqtt.ca_file": lambda p: shutil.copy(certificate, p),
@@ -386,6 +388,8 @@ def _moved_config(tmp_path: Path) -> tuple[Path, Path]:
             "0123456789abcdef0123456789abcdef operator ops.test\n"
         ),
         "influxdb.token_file": lambda p: p.write_text("services-token\n"),
+        # As `city credentials` writes it by default: every node its own agent.
+        "gateway.agents_file": lambda p: p.write_text(agents_csv(agents_of(city))),
     }
     found = dict(_container_paths(tomllib.loads(text)))
     assert set(found) == set(made), "a container path this test does not make"
@@ -412,6 +416,8 @@ def test_the_config_loads_as_the_role_containers_see_it(tmp_path: Path):
     assert (s.kafka.partitions, s.kafka.replication) == (8, 1)
     # Fixed: a container's hostname (the default's source) changes on every upgrade.
     assert s.gateway.client_id == "cv-gateway-compose"
+    assert s.gateway.owners is not None
+    assert len(s.gateway.owners) == 20
     assert s.stream.store_path == data / "cityvitals.sqlite3"
     assert s.stream.rules_path is None
     assert s.alerts.store_path == data / "alerts.sqlite3"
@@ -434,4 +440,4 @@ def test_run_check_passes_on_the_config(tmp_path: Path):
     assert "roles alerts, gateway, stream; built-in rules; MQTT mosquitto:8883 with TLS" in (
         result.output
     )
-    assert "(20 nodes)" in result.output
+    assert "(20 nodes); agents file: 20 agents for 20 nodes" in result.output

@@ -310,7 +310,7 @@ ROUTE = "[[alerts.route]]\nmatch = [{{ {match} }}]\nreceivers = [{to}]\n\n[alert
         (
             ("max_unacked = 200", "max_unacked = 200\nmax_inflight = 1"),
             "gateway.max_inflight",
-            "one of the known keys: client_id, dedup_window, max_unacked, share_group",
+            "one of the known keys: agents_file, client_id, dedup_window, max_unacked, share_group",
         ),
         (
             ('data_dir = "state"', 'data_dir = "state"\nregistery = "x"'),
@@ -476,6 +476,23 @@ def test_a_mistake_names_the_file_the_key_and_the_expectation(
     assert caught.value.key == key
     assert caught.value.path == path
     assert "\n" not in message  # one line for one mistake
+
+
+def test_the_gateway_agents_file_is_read_and_checked_at_load(tmp_path: Path):
+    """Relative to the config; missing, the error names the key; wrong inside, the agents
+    file and its line."""
+    city(tmp_path)
+    assert load_settings(write(tmp_path, 'registry = "city.csv"\n')).gateway.owners is None
+    text = 'registry = "city.csv"\n[gateway]\nagents_file = "auth/agents.csv"\n'
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError, match=r"gateway.agents_file: expected an existing agents CSV"):
+        load_settings(path)
+    (tmp_path / "auth").mkdir()
+    (tmp_path / "auth" / "agents.csv").write_text("agent,node\npi-1,wl-0001\n")
+    assert load_settings(path).gateway.owners == {"wl-0001": "pi-1"}
+    (tmp_path / "auth" / "agents.csv").write_text("agent,node\nPI 1,wl-0001\n")
+    with pytest.raises(ConfigError, match=r"agents.csv.*line 2, agent: expected an edge agent"):
+        load_settings(path)
 
 
 def test_a_syntax_error_names_its_line(tmp_path: Path):

@@ -64,6 +64,42 @@ def test_an_agent_will_fans_out_to_each_registered_node_it_lists():
     assert r.stats().statuses == 1
 
 
+def test_with_an_agents_file_an_agent_speaks_only_for_its_own_nodes():
+    """The ACL stops pi-1 publishing as pi-2, not naming pi-2's nodes in its own last will:
+    with the agents file, those claims (and one on a node nobody has) are left out and
+    dead-lettered as not_owner, naming whose each is; its own node's presence, and its
+    health figures, still go through."""
+    other = CITY.by_kind(Kind.WATER_LEVEL)[1]
+    owners = {WATER.node: "pi-1", SMOKE.node: "pi-2"}
+    will = {
+        "v": 1,
+        "agent": "pi-1",
+        "state": "offline",
+        "ts_ms": TS,
+        "nodes": [
+            {"node": WATER.node, "kind": "water_level"},
+            {"node": SMOKE.node, "kind": "smoke"},
+            {"node": other.node, "kind": "water_level"},
+        ],
+    }
+    r = Router(CITY, clock=ManualClock(TS / 1000 + 5), owners=owners)
+    payload = json.dumps(will).encode()
+    route = r.route("city/agent/pi-1/status", payload)
+    assert [decode_presence(rec.value).node for rec in route.presence] == [WATER.node]
+    assert route.agent is not None
+    assert route.agent.agent == "pi-1"
+    assert route.refused is not None
+    assert (route.refused.reason, route.refused.payload) == (Reason.NOT_OWNER, payload)
+    assert route.refused.topic == "city/agent/pi-1/status"
+    assert f"{SMOKE.node} (pi-2's)" in route.refused.detail
+    assert f"{other.node} (nobody's)" in route.refused.detail
+    assert r.stats().by_reason == {"not_owner": 1}
+    # Its own nodes only: nothing refused, every claim through.
+    mine = {**will, "nodes": will["nodes"][:1]}
+    clean = r.route("city/agent/pi-1/status", json.dumps(mine).encode())
+    assert (len(clean.presence), clean.refused) == (1, None)
+
+
 def test_an_empty_retained_status_only_clears_and_a_bad_one_is_refused():
     r = router()
     assert r.route(f"city/water_level/{WATER.node}/status", b"").presence == ()
