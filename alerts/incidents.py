@@ -8,8 +8,8 @@ level is the highest level of its open alerts; it resolves when the last of
 them does, and a later alert there opens a new incident.
 
 Grouping goes by the alerts' own times, not by when they arrive: a late alert
-(its edge agent replayed a buffer, or its stream partition fell behind the
-others) rejoins the incident that was open at its time, even if that incident
+(its edge agent replayed a buffer, or the area stage fell behind the gauges)
+goes to the incident it would have joined in time order, reopening it if it
 has resolved since, rather than open a second incident for the same storm.
 
 >>> from alerts.book import AlertBook
@@ -76,11 +76,11 @@ class IncidentBook:
     def __init__(self, *, group_by: GroupBy = "district", window_ms: int = WINDOW_MS) -> None:
         self.group_by = group_by
         self.window_ms = window_ms
-        self._by_id: dict[str, Incident] = {}
+        self._by_id: dict[str, Incident] = {}  # the open ones
         self._of_alert: dict[str, str] = {}
-        # The open incident newcomers of each (kind, place) join, if any; a late
-        # alert can reopen an older one beside it (`_by_id` holds every open one).
-        self._open: dict[tuple[Kind, str], str] = {}
+        # The open incidents of each (kind, place), oldest first: usually one, but a
+        # late alert can reopen an older one beside a newer.
+        self._here: dict[tuple[Kind, str], list[str]] = {}
         # The last resolved incidents of each (kind, place), newest last.
         self._resolved: dict[tuple[Kind, str], deque[Incident]] = {}
         self._levels: dict[str, Level] = {}  # open alerts' levels
@@ -97,7 +97,7 @@ class IncidentBook:
             self._by_id[incident.id] = incident
             for fp in incident.alerts:
                 self._of_alert[fp] = incident.id
-            self._open[(incident.kind, incident.place)] = incident.id
+            self._here.setdefault((incident.kind, incident.place), []).append(incident.id)
         self._levels = {a.fingerprint: a.level for a in open_alerts}
 
     def recent(self) -> list[Incident]:
@@ -118,10 +118,11 @@ class IncidentBook:
         """Fold one alert change in; the incident it changed, or None (no change)."""
         alert, fp = n.alert, n.alert.fingerprint
         current = self.of(fp)
-        if current is None:
-            if not alert.is_open:
-                return None
+        if alert.is_open and (current is None or fp not in current.open):
+            # Opening, or opening again after it resolved: grouped by its time.
             current = self._join(alert, n.ts_ms)
+        elif current is None:
+            return None
         if alert.is_open:
             self._levels[fp] = alert.level
             still = current.open if fp in current.open else (*current.open, fp)
@@ -148,17 +149,14 @@ class IncidentBook:
         return None if changed == current else changed
 
     def _close(self, incident: Incident) -> None:
-        """Forget a resolved incident but for the `recent` list: its alerts, opening
-        again, open a new incident."""
+        """Forget a resolved incident but for the `recent` list and the few a late
+        alert may reopen."""
         key = (incident.kind, incident.place)
-        if self._open.get(key) == incident.id:
-            del self._open[key]
-            # A late alert may have reopened another incident here beside it.
-            others = [
-                i for i in self._by_id.values() if (i.kind, i.place) == key and i.id != incident.id
-            ]
-            if others:
-                self._open[key] = max(others, key=lambda i: i.updated_ms).id
+        here = self._here.get(key, [])
+        if incident.id in here:
+            here.remove(incident.id)
+        if not here:
+            self._here.pop(key, None)
         for fp in incident.alerts:
             if self._of_alert.get(fp) == incident.id:
                 del self._of_alert[fp]
@@ -171,50 +169,62 @@ class IncidentBook:
         kept = self._resolved.setdefault(key, deque(maxlen=REJOINABLE))
         kept.append(incident)
 
-    def _rejoinable(self, key: tuple[Kind, str], ts_ms: int) -> Incident | None:
-        """The resolved incident that was open at `ts_ms`, had the alert come in time."""
-        for old in reversed(self._resolved.get(key, ())):
-            resolved_ms = old.resolved_ms if old.resolved_ms is not None else old.updated_ms
-            if old.opened_ms - self.window_ms <= ts_ms <= resolved_ms:
-                return old
-        return None
+    def _takes(self, incident: Incident, ts_ms: int) -> bool:
+        """Whether an alert opening at `ts_ms` belongs with `incident` by time: not
+        more than the window before it opened, and, if it is open, not more than
+        the window after its last change (a quiet incident takes no newcomers), or,
+        if it has resolved, not after it did."""
+        if ts_ms < incident.opened_ms - self.window_ms:
+            return False
+        if incident.resolved_ms is None:
+            return ts_ms - incident.updated_ms <= self.window_ms
+        return ts_ms <= incident.resolved_ms
 
-    def _add(self, incident: Incident, fp: str) -> Incident:
-        alerts = incident.alerts if fp in incident.alerts else (*incident.alerts, fp)
-        joined = msgspec.structs.replace(incident, alerts=alerts)
-        self._by_id[joined.id] = joined
-        self._of_alert[fp] = joined.id
-        return joined
+    def _best(self, key: tuple[Kind, str], ts_ms: int) -> Incident | None:
+        """Of the incidents here that take an alert of `ts_ms`, the one it would have
+        joined had everything come in time order: of those already open at its time,
+        the latest opened (where newcomers went); else the nearest opening after it."""
+        candidates = [self._by_id[i] for i in self._here.get(key, ())]
+        candidates += self._resolved.get(key, ())
+        taking = [c for c in candidates if self._takes(c, ts_ms)]
+        if not taking:
+            return None
+        return min(
+            taking, key=lambda c: (0, -c.opened_ms) if c.opened_ms <= ts_ms else (1, c.opened_ms)
+        )
 
     def _join(self, alert: Alert, ts_ms: int) -> Incident:
         place = _place(alert, self.group_by)
         key = (alert.kind, place)
-        old = self._rejoinable(key, ts_ms)
-        if old is not None:
-            self._resolved[key].remove(old)
+        fp = alert.fingerprint
+        found = self._best(key, ts_ms)
+        if found is None:
+            found = Incident(
+                id=fingerprint(kind=alert.kind.value, place=place, opened=str(ts_ms)),
+                kind=alert.kind,
+                scope=self.group_by,
+                place=place,
+                state="open",
+                level=alert.level,
+                peak_level=alert.level,
+                opened_ms=ts_ms,
+                updated_ms=ts_ms,
+            )
+            self._here.setdefault(key, []).append(found.id)
+        elif found.state != "open":
+            # A late alert: the incident was still open at its time.
+            self._resolved[key].remove(found)
             with contextlib.suppress(ValueError):  # already past the `recent` bound
-                self._recent.remove(old)
-            reopened = msgspec.structs.replace(old, state="open", resolved_ms=None)
-            self._open.setdefault(key, reopened.id)
-            return self._add(reopened, alert.fingerprint)
-        open_id = self._open.get(key)
-        if open_id is not None:
-            incident = self._by_id[open_id]
-            if ts_ms - incident.updated_ms <= self.window_ms:
-                return self._add(incident, alert.fingerprint)
-        incident = Incident(
-            id=fingerprint(kind=alert.kind.value, place=place, opened=str(ts_ms)),
-            kind=alert.kind,
-            scope=self.group_by,
-            place=place,
-            state="open",
-            level=alert.level,
-            peak_level=alert.level,
-            opened_ms=ts_ms,
-            updated_ms=ts_ms,
-            alerts=(alert.fingerprint,),
+                self._recent.remove(found)
+            found = msgspec.structs.replace(found, state="open", resolved_ms=None)
+            self._here.setdefault(key, []).append(found.id)
+            for x in found.alerts:
+                self._of_alert.setdefault(x, found.id)
+        joined = msgspec.structs.replace(
+            found,
+            alerts=found.alerts if fp in found.alerts else (*found.alerts, fp),
+            opened_ms=min(found.opened_ms, ts_ms),
         )
-        self._by_id[incident.id] = incident
-        self._of_alert[alert.fingerprint] = incident.id
-        self._open[key] = incident.id
-        return incident
+        self._by_id[joined.id] = joined
+        self._of_alert[fp] = joined.id
+        return joined

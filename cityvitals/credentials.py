@@ -78,6 +78,8 @@ _SALT_BYTES: Final = 12
 #: What a user name may be: an edge agent's id (edge.toml `[agent] id`, also a topic
 #: level and a file name), so lowercase, and no `/ + #`, dots or spaces.
 _USER: Final = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}\Z")
+#: A node id, as the contract's NodeId.
+_NODE: Final = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}\Z")
 #: Names only the services may have: a device named so would get their rights.
 RESERVED: Final = frozenset({GATEWAY_USER, HEALTHCHECK_USER})
 
@@ -140,6 +142,8 @@ def load_assignment(path: Path) -> dict[str, str]:
             )
         if agent in RESERVED:
             raise ConfigError(path, f"line {number}, agent", "a name no service has", found=agent)
+        if not _NODE.match(node):
+            raise ConfigError(path, f"line {number}, node", "a node id of the registry", found=node)
         if node in out and out[node] != agent:
             raise ConfigError(
                 path, f"line {number}, node", f"each node once (already {out[node]}'s)", found=node
@@ -230,6 +234,15 @@ def issue(
             "edge agent ids: lowercase letters, digits, '-' or '_'",
             found=bad[:5],
         )
+    for name in ("mosquitto.passwd", "mosquitto.acl", "agents.csv"):
+        if (directory / name).is_dir():
+            # Docker makes an empty directory where a bind-mounted file is missing.
+            raise ConfigError(
+                directory / name,
+                "file",
+                "a file, not a directory (Docker makes one when a container mounts a file"
+                " that is not there yet): remove it (rmdir) and issue again",
+            )
     rotating = set(rotate)
     unknown = sorted(rotating - set(users))
     if unknown:

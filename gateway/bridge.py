@@ -31,7 +31,7 @@ import asyncio
 import logging
 import random
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Self, cast
@@ -87,16 +87,13 @@ class Gateway:
         on_forwarded: Callable[[str, int], None] | None = None,
         presence: Forward | None = None,
         on_agent: OnAgent | None = None,
-        owners: Mapping[str, str] | None = None,
     ) -> None:
         self.broker = broker
         self._forward = forward
         self._dead_letter = dead_letter
         self._clock = clock or SystemClock()
         self._client_id = client_id
-        self._router = Router(
-            registry, clock=self._clock, validator=validator, dedup=dedup, owners=owners
-        )
+        self._router = Router(registry, clock=self._clock, validator=validator, dedup=dedup)
         self._presence = presence
         self._backoff = backoff
         self._rng = rng or random.Random()

@@ -157,12 +157,14 @@ class KafkaGateway:
         r = s.routed
         log.info(
             "gateway stopped: %d received, %d forwarded, %d duplicates, %d dead letters %s, "
+            "%d statuses claiming others' nodes, "
             "%d acknowledged, %d left unacknowledged for the broker to resend",
             r.received,
             r.forwarded,
             r.duplicates,
             r.dead_letters,
             r.by_reason or "",
+            r.refused_claims,
             s.acked,
             s.unacked,
         )

@@ -92,6 +92,11 @@ class RouterStats:
     events: int
     dead_letters: int
     by_reason: dict[str, int]
+    #: Agent statuses used for their own nodes but naming others' too (the agents
+    #: file): each counts as a status, and its foreign claims go to a `not_owner`
+    #: dead letter that is not one of `dead_letters` (those are whole messages), so
+    #: the counts still add up to what was received.
+    refused_claims: int = 0
 
 
 class Router:
@@ -123,6 +128,7 @@ class Router:
             events=c["event"],
             dead_letters=c["dead_letter"],
             by_reason=dict(self._reasons),
+            refused_claims=c["refused_claims"],
         )
 
     def route(self, topic: str, payload: bytes) -> Route:
@@ -222,9 +228,7 @@ class Router:
                 )
             refused = None
             if foreign:
-                refused = self.refuse(
-                    raw_topic, payload, Reason.NOT_OWNER, self._not_owner(agent.agent, foreign)
-                ).refused
+                refused = self._refused_claims(raw_topic, payload, agent.agent, foreign)
             return Route(presence=tuple(reports), agent=agent, refused=refused)
         status, device = self._validator.status(topic, payload)
         report = _presence(
@@ -239,15 +243,30 @@ class Router:
         )
         return Route(presence=(report,))
 
-    def _not_owner(self, agent: str, nodes: list[str]) -> str:
+    def _refused_claims(
+        self, topic: str, payload: bytes, agent: str, nodes: list[str]
+    ) -> DeadLetter:
         owners = self._owners or {}
         said = [f"{n} ({owners[n]}'s)" if n in owners else f"{n} (nobody's)" for n in nodes[:10]]
         more = f" and {len(nodes) - 10} more" if len(nodes) > 10 else ""
-        return (
+        detail = (
             f"agent {agent} speaks for nodes the agents file does not give it: "
             + ", ".join(said)
             + more
             + "; their presence in this status is ignored"
+        )
+        if not self._counts["refused_claims"]:
+            log.warning("gateway: first status claiming another agent's nodes: %s", detail)
+        self._counts["refused_claims"] += 1
+        return DeadLetter(
+            v=CONTRACT_VERSION,
+            received_ms=self._clock.now_ms(),
+            source="gateway",
+            topic=topic[:512],
+            reason=Reason.NOT_OWNER,
+            detail=detail[:2048],
+            payload=payload[:DEAD_LETTER_KEEP_BYTES],
+            payload_size=len(payload),
         )
 
 

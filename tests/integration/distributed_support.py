@@ -44,6 +44,7 @@ def write_config(
     webhook: str | None = None,
     silent_after_s: float = 900.0,
     sweep_every_s: float = 10.0,
+    gateway: str = "",
     extra: str = "",
 ) -> Path:
     """A cityvitals.toml for one test: its own topics (unique prefix) and data dir."""
@@ -57,7 +58,7 @@ def write_config(
         f'[mqtt]\nurl = "{mqtt}"\n'
         f'[kafka]\nbootstrap = ["{bootstrap}"]\ntopic_prefix = "{prefix}"\n'
         f"partitions = {partitions}\n"
-        f'[gateway]\nclient_id = "gw-{prefix}"\nshare_group = "{prefix}"\n'
+        f'[gateway]\nclient_id = "gw-{prefix}"\nshare_group = "{prefix}"\n{gateway}'
         f'[stream]\napp_id = "{prefix}-stream"\nbatch_size = 200\nbatch_within_s = 0.05\n'
         f"session_timeout_s = 6.0\n"
         f"[presence]\nsilent_after_s = {silent_after_s}\nsweep_every_s = {sweep_every_s}\n"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from cityvitals.contract import decode_enriched
+from cityvitals.contract import Reason, decode_dead_letter, decode_enriched
 from cityvitals.levels import Level
 from cityvitals.settings import load_settings
 from cityvitals.topics import agent_status_topic, telemetry_topic
@@ -172,14 +172,20 @@ async def test_a_silent_node_and_an_agent_last_will_become_presence_warnings(
 ):
     """A node that stops reporting while others go on is warned about once its timeout
     passes (presence.silent) and cleared by its next reading; an edge agent's last will
-    warns at once for the nodes it lists (presence.offline)."""
+    warns at once for the nodes it lists (presence.offline), but, with the agents file,
+    only for its own: its claim on another agent's node is dead-lettered as not_owner."""
     quiet, steady, behind_agent = water_nodes()[:3]
+    owner = dict.fromkeys(water_nodes(), "pi-harbour-2") | {behind_agent: "pi-harbour-1"}
+    (tmp_path / "agents.csv").write_text(
+        "agent,node\n" + "".join(f"{a},{n}\n" for n, a in owner.items())
+    )
     config = write_config(
         tmp_path,
         mqtt=mosquitto,
         bootstrap=kafka_server.bootstrap,
         silent_after_s=3.0,
         sweep_every_s=0.5,
+        gateway='agents_file = "agents.csv"\n',
     )
     procs = [
         RoleProcess(config, "gateway", "alerts").start(),
@@ -220,7 +226,10 @@ async def test_a_silent_node_and_an_agent_last_will_become_presence_warnings(
                 "agent": "pi-harbour-1",
                 "state": "offline",
                 "ts_ms": TS,
-                "nodes": [{"node": behind_agent, "kind": "water_level"}],
+                "nodes": [
+                    {"node": behind_agent, "kind": "water_level"},
+                    {"node": steady, "kind": "water_level"},  # pi-harbour-2's
+                ],
                 "reason": "connection lost",
             }
             await publish(
@@ -251,3 +260,8 @@ async def test_a_silent_node_and_an_agent_last_will_become_presence_warnings(
         ("presence.silent", quiet, 0),
     ]
     assert all(r[1] != steady for r in presence())
+    topic = load_settings(config).kafka.dead_letter_topic
+    (record,) = await read_topic(kafka_server.bootstrap, topic, expect=1, deadline_s=30)
+    letter = decode_dead_letter(record.value)
+    assert letter.reason is Reason.NOT_OWNER
+    assert f"{steady} (pi-harbour-2's)" in letter.detail

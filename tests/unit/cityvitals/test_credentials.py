@@ -88,6 +88,8 @@ def test_an_agents_file_groups_nodes_under_the_device_that_serves_them(tmp_path:
         ("agent,node\nPi-1,{n}\n", "line 2, agent: expected an edge agent id"),
         ("agent,node\ncityvitals-gateway,{n}\n", "line 2, agent: expected a name no service"),
         ("agent,node\npi-a,{n}\npi-b,{n}\n", "line 3, node: expected each node once"),
+        ("agent,node\npi-a\n", "line 2, node: expected a node id of the registry"),
+        ("agent,node\npi-a,\n", "line 2, node: expected a node id of the registry"),
     ],
 )
 def test_a_wrong_agents_file_names_the_line(tmp_path: Path, body: str, message: str) -> None:
@@ -156,6 +158,12 @@ def test_issue_writes_the_agents_file_the_gateway_reads(tmp_path: Path) -> None:
     nodes = [d.node for d in CITY]
     said = describe_owners(dict.fromkeys(nodes[1:], "pi"), CITY)
     assert said == f"1 agents for {len(nodes) - 1} nodes, none for 1 ({nodes[0]})"
+
+
+def test_a_directory_docker_made_for_a_missing_file_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "auth" / "agents.csv").mkdir(parents=True)
+    with pytest.raises(ConfigError, match=r"agents.csv: file: expected a file, not a directory"):
+        issue(CITY, tmp_path / "auth")
 
 
 def test_the_cli_says_what_changed(tmp_path: Path) -> None:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from cityvitals.citygen import generate_city
 from cityvitals.clock import ManualClock
 from cityvitals.contract import Reason, decode_presence
@@ -93,7 +96,11 @@ def test_with_an_agents_file_an_agent_speaks_only_for_its_own_nodes():
     assert route.refused.topic == "city/agent/pi-1/status"
     assert f"{SMOKE.node} (pi-2's)" in route.refused.detail
     assert f"{other.node} (nobody's)" in route.refused.detail
-    assert r.stats().by_reason == {"not_owner": 1}
+    # A status (its own node's presence and its figures are used), not a dead message:
+    # the counts add up to what was received.
+    stats = r.stats()
+    assert (stats.received, stats.statuses, stats.dead_letters) == (1, 1, 0)
+    assert (stats.refused_claims, stats.by_reason) == (1, {})
     # Its own nodes only: nothing refused, every claim through.
     mine = {**will, "nodes": will["nodes"][:1]}
     clean = r.route("city/agent/pi-1/status", json.dumps(mine).encode())
@@ -107,3 +114,38 @@ def test_an_empty_retained_status_only_clears_and_a_bad_one_is_refused():
     assert bad.refused is not None
     assert bad.refused.reason is Reason.SCHEMA
     assert (r.stats().statuses, r.stats().dead_letters) == (1, 1)
+
+
+@settings(derandomize=True, max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["pi-1", "pi-2", "pi-3"]),
+            st.lists(st.sampled_from([d.node for d in list(CITY)[:6]]), max_size=4),
+        ),
+        max_size=10,
+    )
+)
+def test_with_owners_the_counts_still_add_up(statuses: list[tuple[str, list[str]]]) -> None:
+    """Every agent status is counted once, as a status, whatever it claims; those naming
+    another's node are the refused claims, each with its dead letter."""
+    devices = {d.node: d for d in CITY}
+    owners = {d.node: f"pi-{i % 2 + 1}" for i, d in enumerate(list(CITY)[:6])}
+    r = Router(CITY, clock=ManualClock(TS / 1000), owners=owners)
+    refused = 0
+    for agent, nodes in statuses:
+        body = {
+            "v": 1,
+            "agent": agent,
+            "state": "online",
+            "ts_ms": TS,
+            "nodes": [{"node": n, "kind": devices[n].kind.value} for n in nodes],
+        }
+        route = r.route(f"city/agent/{agent}/status", json.dumps(body).encode())
+        foreign = [n for n in nodes if owners[n] != agent]
+        assert (route.refused is not None) == bool(foreign)
+        assert len(route.presence) == len(nodes) - len(foreign)
+        refused += bool(foreign)
+    s = r.stats()
+    assert s.received == s.forwarded + s.duplicates + s.statuses + s.events + s.dead_letters
+    assert (s.statuses, s.dead_letters, s.refused_claims) == (len(statuses), 0, refused)
