@@ -78,8 +78,8 @@ _SALT_BYTES: Final = 12
 #: What a user name may be: an edge agent's id (edge.toml `[agent] id`, also a topic
 #: level and a file name), so lowercase, and no `/ + #`, dots or spaces.
 _USER: Final = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}\Z")
-#: A node id, as the contract's NodeId.
-_NODE: Final = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}\Z")
+#: A node id (the contract's NodeId): the same syntax, being a topic level too.
+_NODE: Final = _USER
 #: Names only the services may have: a device named so would get their rights.
 RESERVED: Final = frozenset({GATEWAY_USER, HEALTHCHECK_USER})
 
