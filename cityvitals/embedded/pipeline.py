@@ -300,11 +300,9 @@ class EmbeddedPipeline:
         ]
 
     async def _on_response(self, o: Observation) -> None:
-        for sink in self._extra_sinks:
-            write = getattr(sink, "write_response", None)
-            if write is not None:
-                await write(o)
-                await sink.flush()
+        for sink in self._sinks_with("write_response"):
+            await sink.write_response(o)
+            await sink.flush()
 
     async def _record_delivery(
         self, n: Notification, receiver: str, outcome: str, detail: str
