@@ -67,6 +67,7 @@ from alerts.store import AlertStore, AlertStoreError
 from cityvitals.clock import Clock
 from cityvitals.contract import Warning
 from cityvitals.errors import DeliveryError
+from cityvitals.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -405,11 +406,8 @@ class AlertService:
             pass
         finally:
             self._workers = None
-            for worker in workers:
-                worker.cancel()
-            # asyncio.wait, not await: it neither re-raises the workers'
-            # cancellation nor swallows our own if we are being cancelled.
-            await asyncio.wait(workers)
+            # All at once, and each until it has ended (see cancel_and_wait).
+            await asyncio.gather(*(cancel_and_wait(worker) for worker in workers))
             await self._stack.aclose()
         if not drained:
             left = {lane.name: lane.pending for lane in self._lanes}

@@ -10,11 +10,20 @@ import sys
 import traceback
 from typing import Any
 
+log = logging.getLogger(__name__)
 
-async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
+
+async def cancel_and_wait(task: asyncio.Future[Any] | None, *, again_after_s: float = 5.0) -> None:
     """Cancel a background task and wait until it has finished unwinding.
 
     Its own exception, if any, is not re-raised: the caller is stopping it.
+
+    A task can swallow its cancellation without meaning to: on Python 3.11,
+    `asyncio.wait_for` returns the result instead of raising when what it
+    waits for finishes in the same instant as the cancel (aiomqtt's publish
+    awaiting its PUBACK is one such wait). Waiting for that task would wait
+    forever, and a stopping service would hang; so it is cancelled again
+    every `again_after_s` until it ends, with a warning naming it.
 
     >>> async def demo():
     ...     task = asyncio.create_task(asyncio.sleep(3600))
@@ -26,7 +35,19 @@ async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
     if task is None:
         return
     task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+    try:
+        while not (await asyncio.wait({task}, timeout=again_after_s))[0]:
+            log.warning(
+                "task %s is still running %.0f s after it was cancelled; cancelling it again",
+                task.get_name() if isinstance(task, asyncio.Task) else task,
+                again_after_s,
+            )
+            task.cancel()
+    except asyncio.CancelledError:
+        task.cancel()  # the caller gives up waiting; the task still has to stop
+        raise
+    if not task.cancelled():
+        task.exception()  # retrieved: the caller is stopping it, not asking
 
 
 def notify(event: asyncio.Event) -> asyncio.Event:

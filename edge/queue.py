@@ -55,7 +55,7 @@ from typing import Any, Final, Literal, Self, TypeVar
 
 from cityvitals.clock import Clock, SystemClock
 from cityvitals.errors import CityvitalsError
-from cityvitals.tasks import notify
+from cityvitals.tasks import cancel_and_wait, notify
 from edge.buffer import Outbound
 
 log = logging.getLogger(__name__)
@@ -572,9 +572,7 @@ class DurableQueue:
 
     async def _close(self) -> None:
         if self._committer is not None:
-            self._committer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._committer
+            await cancel_and_wait(self._committer)
             if not self._committer.cancelled() and self._committer.exception() is not None:
                 log.error(
                     "queue %s: the committer had failed",

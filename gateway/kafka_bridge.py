@@ -303,8 +303,7 @@ class KafkaGateway:
                     )
             finally:
                 if receive is not None:
-                    receive.cancel()
-                    await asyncio.gather(receive, return_exceptions=True)
+                    await cancel_and_wait(receive)
                 await cancel_and_wait(acker)
                 self._forget_unacknowledged()
 
