@@ -400,7 +400,8 @@ class AlertService:
         drained = False
         try:
             # Flush what we hold even when the body failed: alerts are the point.
-            await asyncio.wait_for(self._idle.wait(), self._drain_timeout)
+            async with asyncio.timeout(self._drain_timeout):
+                await self._idle.wait()
             drained = True
         except TimeoutError:
             pass

@@ -142,7 +142,8 @@ class SimulatedFleet:
                 if lag > 0:
                     # Wake early on stop so Ctrl-C is not held up by pacing.
                     with suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), lag)
+                        async with asyncio.timeout(lag):
+                            await stop.wait()
                     if stop.is_set():
                         continue
                 t = tick * self.interval_s

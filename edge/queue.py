@@ -588,7 +588,8 @@ class DurableQueue:
         if self._file is not None:
             closing = asyncio.wrap_future(self._executor.submit(self._file.close))
             try:
-                await asyncio.wait_for(closing, CLOSE_TIMEOUT_S)
+                async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                    await closing
             except TimeoutError:
                 answered = False
         if not answered:

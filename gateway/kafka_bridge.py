@@ -190,7 +190,8 @@ class KafkaGateway:
             # Flush what Kafka has accepted; the broker resends the
             # unacknowledged rest to this session when it reconnects.
             try:
-                await asyncio.wait_for(producer.stop(), self._drain_timeout)
+                async with asyncio.timeout(self._drain_timeout):
+                    await producer.stop()
             except (TimeoutError, KafkaError) as exc:
                 log.warning("gateway: Kafka producer did not stop cleanly: %s", exc)
 

@@ -308,7 +308,8 @@ class StreamRole:
             # The group's, as this worker sees it: every worker reports the same.
             # Bounded: a Kafka that is down must not hold up the counters or a stop.
             lag = self._reader.lag(self._readings_topic, self._partitions)
-            backlog = await asyncio.wait_for(lag, 5.0)
+            async with asyncio.timeout(5.0):
+                backlog = await lag
         except (KafkaError, TimeoutError) as exc:
             log.debug("stream backlog not measured: %s", exc)
         return [stream_gauge(self.worker.pipeline, backlog=backlog)]

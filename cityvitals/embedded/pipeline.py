@@ -246,7 +246,8 @@ class EmbeddedPipeline:
                 )
             )
         try:
-            await asyncio.wait_for(self.gateway.wait_subscribed(), timeout=self._connect_timeout)
+            async with asyncio.timeout(self._connect_timeout):
+                await self.gateway.wait_subscribed()
         except TimeoutError:
             raise BrokerUnreachableError(
                 f"cannot reach the MQTT broker at {self.broker.host}:{self.broker.port} "

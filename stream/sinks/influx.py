@@ -306,7 +306,8 @@ class InfluxSink:
                 return
             changed = self._changed
             try:
-                await asyncio.wait_for(changed.wait(), timeout=left)
+                async with asyncio.timeout(left):
+                    await changed.wait()
             except TimeoutError:
                 return
             if self._shipper is None or self._shipper.done():
