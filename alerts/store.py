@@ -201,9 +201,11 @@ class AlertStore:
 
     # -- the outbox ------------------------------------------------------------
 
-    async def owe(self, notification: Notification, receiver: str, *, now_ms: int) -> None:
-        """Owe a notification to one more receiver (the fallback of one that failed)."""
-        await self._run(_owe, notification, (receiver,), now_ms)
+    async def owe(self, notification: Notification, receiver: str, *, now_ms: int) -> bool:
+        """Owe a notification to one more receiver (the fallback of one that failed);
+        False if it was owed to that receiver already (another gave up on it too,
+        in this run or before a restart)."""
+        return await self._run(_owe, notification, (receiver,), now_ms)  # type: ignore[no-any-return]
 
     async def settle(
         self,
@@ -313,21 +315,22 @@ def _record(
 
 def _owe(
     db: sqlite3.Connection, notification: Notification, receivers: tuple[str, ...], now_ms: int
-) -> None:
+) -> bool:
     with db:
         db.execute("BEGIN IMMEDIATE")
-        _insert_owed(db, notification, receivers, now_ms)
+        return _insert_owed(db, notification, receivers, now_ms) > 0
 
 
 def _insert_owed(
     db: sqlite3.Connection, n: Notification, receivers: tuple[str, ...], now_ms: int
-) -> None:
+) -> int:
+    """How many (notification, receiver) rows are new."""
     body = _encoder.encode(n)
-    db.executemany(
+    return db.executemany(
         "INSERT OR IGNORE INTO outbox (notification_id, receiver, fingerprint, event, state,"
         " created_ms, body) VALUES (?, ?, ?, ?, 'pending', ?, ?)",
         [(n.id, r, n.alert.fingerprint, n.event, now_ms, body) for r in receivers],
-    )
+    ).rowcount
 
 
 def _settle(

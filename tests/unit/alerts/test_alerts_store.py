@@ -290,6 +290,34 @@ async def test_two_receivers_giving_up_owe_the_fallback_once(tmp_path: Path) -> 
     assert (counts["dead"], counts["pending"]) == (6, 0)
 
 
+async def test_a_receiver_giving_up_after_a_restart_does_not_page_the_fallback_again(
+    tmp_path: Path,
+) -> None:
+    """One pager gave up before a restart and the fallback was paged; the other still
+    held the same notification then and gives up after it. The store knows the fallback
+    was owed it already: the fallback is not paged twice."""
+    gone = DeliveryError("x", "HTTP 410 Gone", retryable=False)
+    path = tmp_path / "a.sqlite3"
+    sms = Receiver("sms")
+    async with AlertStore(path) as store:
+        async with service(
+            [Receiver("a", errors=(gone,)), Hanging("b"), sms], store, fallback="sms",
+            drain_timeout=0,
+        ) as svc:  # fmt: skip
+            await svc.submit(make_warning(Level.RED))
+            await wait_until(lambda: len(sms.got) == 1, "the fallback paged")
+    sms_again = Receiver("sms")
+    async with AlertStore(path) as store:
+        async with service(
+            [Receiver("a"), Receiver("b", errors=(gone,)), sms_again], store, fallback="sms"
+        ) as svc:
+            await asyncio.wait_for(svc.drain(), WAIT)
+            assert svc.stats().undelivered == 0
+        counts = await store.counts()
+    assert sms_again.got == []
+    assert (counts["dead"], counts["delivered"], counts["pending"]) == (2, 1, 0)
+
+
 def test_a_fallback_must_be_a_receiver() -> None:
     with pytest.raises(ValueError, match="fallback receiver 'sms' is not one of"):
         AlertService([Receiver("a")], clock=ManualClock(0.0), fallback="sms")
