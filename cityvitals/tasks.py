@@ -13,7 +13,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
-async def cancel_and_wait(task: asyncio.Future[Any] | None, *, again_after_s: float = 5.0) -> None:
+async def cancel_and_wait(task: asyncio.Future[Any] | None, *, again_after_s: float = 15.0) -> None:
     """Cancel a background task and wait until it has finished unwinding.
 
     Its own exception, if any, is not re-raised: the caller is stopping it.
@@ -23,7 +23,9 @@ async def cancel_and_wait(task: asyncio.Future[Any] | None, *, again_after_s: fl
     waits for finishes in the same instant as the cancel (aiomqtt's publish
     awaiting its PUBACK is one such wait). Waiting for that task would wait
     forever, and a stopping service would hang; so it is cancelled again
-    every `again_after_s` until it ends, with a warning naming it.
+    every `again_after_s` until it ends, with a warning naming it. The default
+    outlasts the bounded clean-ups our tasks do when cancelled (an MQTT
+    disconnect, 10 s at most); a task with a longer one passes more.
 
     >>> async def demo():
     ...     task = asyncio.create_task(asyncio.sleep(3600))

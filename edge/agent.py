@@ -206,7 +206,9 @@ class EdgeAgent:
                 await stop.wait()
             finally:
                 for task in tasks:
-                    await cancel_and_wait(task)
+                    # Nothing to clean up in them; a heartbeat that swallowed its
+                    # cancel (see cancel_and_wait) is cancelled again soon.
+                    await cancel_and_wait(task, again_after_s=1.0)
                 await self._drain(publisher)
             left = len(queue)
         self._log_news()

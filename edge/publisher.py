@@ -99,7 +99,8 @@ class EdgePublisher:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await cancel_and_wait(self._pump)
+        # Its clean-up disconnects, which aiomqtt bounds by the publish timeout.
+        await cancel_and_wait(self._pump, again_after_s=self._publish_timeout + 5)
         left = len(self._buffer)
         if left:
             log.warning("agent %s stopped with %d readings not acknowledged", self.agent_id, left)

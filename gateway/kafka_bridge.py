@@ -28,6 +28,7 @@ aiomqtt<3 in pyproject and covered by the integration tests.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections import Counter
@@ -152,7 +153,8 @@ class KafkaGateway:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await cancel_and_wait(self._task)
+        # Its clean-up stops the producer, which may take the whole drain.
+        await cancel_and_wait(self._task, again_after_s=self._drain_timeout + 15)
         s = self.stats()
         r = s.routed
         log.info(
@@ -223,6 +225,12 @@ class KafkaGateway:
                 await asyncio.sleep(self._rng.uniform(0, delay))
                 delay = min(delay * 2, self._backoff[1])
                 continue
+            except BaseException:
+                # Stopped while connecting: close what start() opened, then go.
+                with contextlib.suppress(KafkaError, TimeoutError):
+                    async with asyncio.timeout(self._drain_timeout):
+                        await producer.stop()
+                raise
             log.info("gateway connected to Kafka at %s", self._bootstrap)
             self._producer = producer
             return producer

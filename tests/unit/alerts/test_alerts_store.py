@@ -299,13 +299,13 @@ async def test_a_receiver_giving_up_after_a_restart_does_not_page_the_fallback_a
     gone = DeliveryError("x", "HTTP 410 Gone", retryable=False)
     path = tmp_path / "a.sqlite3"
     sms = Receiver("sms")
-    async with AlertStore(path) as store:
-        async with service(
-            [Receiver("a", errors=(gone,)), Hanging("b"), sms], store, fallback="sms",
-            drain_timeout=0,
-        ) as svc:  # fmt: skip
-            await svc.submit(make_warning(Level.RED))
-            await wait_until(lambda: len(sms.got) == 1, "the fallback paged")
+    first = [Receiver("a", errors=(gone,)), Hanging("b"), sms]
+    async with (
+        AlertStore(path) as store,
+        service(first, store, fallback="sms", drain_timeout=0) as svc,
+    ):
+        await svc.submit(make_warning(Level.RED))
+        await wait_until(lambda: len(sms.got) == 1, "the fallback paged")
     sms_again = Receiver("sms")
     async with AlertStore(path) as store:
         async with service(
