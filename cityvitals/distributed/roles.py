@@ -123,6 +123,7 @@ async def running(settings: Settings, roles: Collection[str]) -> AsyncIterator[R
         raise ValueError(f"unknown roles {sorted(unknown)}; expected some of {ROLES}")
     await prepare_kafka(settings)
     out = Running()
+    spools: list[InfluxSink] = []
     async with AsyncExitStack() as stack:
         if "alerts" in roles:
             out.alerts = await stack.enter_async_context(AlertsRole(settings))
@@ -136,6 +137,7 @@ async def running(settings: Settings, roles: Collection[str]) -> AsyncIterator[R
                 out.influx = await stack.enter_async_context(
                     InfluxSink.from_settings(settings.influxdb)
                 )
+                spools.append(out.influx)
                 sink = TeeSink(out.store, out.influx)
             out.stream = await stack.enter_async_context(
                 StreamRole(settings, sink, influx=out.influx)
@@ -149,6 +151,7 @@ async def running(settings: Settings, roles: Collection[str]) -> AsyncIterator[R
                 influx = await stack.enter_async_context(
                     InfluxSink.from_settings(_own_spool(settings, "gateway"))
                 )
+                spools.append(influx)
             if settings.gateway.owners is not None:
                 log.info(
                     "gateway: agents speak only for their own nodes: %s",
@@ -165,6 +168,10 @@ async def running(settings: Settings, roles: Collection[str]) -> AsyncIterator[R
                         clock=SystemClock(),
                     )
                 )
+        # Pushed last, so the first thing a stop does: the roles stopping after it
+        # flush their last points past a full spool rather than wait for room.
+        for spool in spools:
+            stack.callback(spool.begin_stop)
         log.info(
             "running %s (Kafka %s, MQTT %s:%d)",
             ", ".join(r for r in ROLES if r in roles),
@@ -486,6 +493,10 @@ class AlertsRole:
         self._stack.push_async_callback(consumer.stop)
         self._task = asyncio.create_task(self._consume(consumer), name="alerts-consumer")
         self._stack.push_async_callback(cancel_and_wait, self._task)
+        if influx is not None:
+            # Run first at a stop: the service's last response times and the
+            # meter's last counts go past a full spool instead of hanging it.
+            self._stack.callback(influx.begin_stop)
 
     async def _serve_api(self, api: AlertsApiSettings) -> None:
         from aiohttp import web

@@ -268,11 +268,7 @@ class InfluxSink:
     ) -> None:
         try:
             if self._failure is None and not self._closed:
-                # Past the bound if need be: a stop must neither hang on a
-                # full spool nor drop what was written. A flush waiting for
-                # room goes ahead now, too.
-                self._stopping = True
-                self._changed = notify(self._changed)
+                self.begin_stop()
                 await self._spool_pending(wait_for_room=False)
                 await self._drain(self._stop_timeout_s)
         finally:
@@ -286,6 +282,16 @@ class InfluxSink:
                 self._shipped,
                 f"; {left} left in {self.spool_path} for the next start" if left else "",
             )
+
+    def begin_stop(self) -> None:
+        """The process is stopping: from now on the spool takes lines past its bound
+        instead of making writers wait for room, and a flush waiting for room goes
+        ahead now. A stop must neither hang on a full spool nor drop what was
+        written, and what stops before this sink (the stream's last batch, the
+        meters' last counts) flushes into it. It still ships until it is closed.
+        """
+        self._stopping = True
+        self._changed = notify(self._changed)
 
     async def _close_resources(self) -> None:
         if self._session is not None:

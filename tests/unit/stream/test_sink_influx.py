@@ -231,6 +231,30 @@ async def test_a_stop_does_not_hang_on_a_full_spool(influx: FakeInflux, tmp_path
     left.close()
 
 
+async def test_after_begin_stop_what_stops_first_flushes_past_a_full_spool(
+    influx: FakeInflux, tmp_path
+):
+    """The stream role and the meters stop before their sink and flush as they go.
+    A stop calls begin_stop first; from then on a flush past the bound returns at once
+    (it does not wait for room a down InfluxDB will not make), while the sink is
+    still open, and nothing is dropped."""
+    influx.default = 503
+    path = tmp_path / "spool"
+    async with sink(influx.url, path, spool_max_bytes=2_000, stop_timeout_s=0.2) as s:
+        await write(s, 0, 15)
+        for seq in range(15, 30):
+            await s.write_reading(reading(seq), PLACE, TS)
+        stalled = asyncio.ensure_future(s.flush())
+        await wait_until(lambda: s.stats().state == "down", "down")
+        assert not stalled.done()
+        s.begin_stop()
+        await asyncio.wait_for(stalled, 10)
+        await write(s, 30, 5)  # the meter's last counts, say
+    left = Spool(path)
+    assert left.totals().lines == 35
+    left.close()
+
+
 class GatedClock(SystemClock):
     """The spool asks the clock for the time inside its worker thread: closing the gate
     holds an append there, half done, for as long as a test needs."""
