@@ -310,6 +310,10 @@ def edge(config_path: Path, check: bool, verbose: int) -> None:
         summary = asyncio.run(_run_edge(config))
     except CityvitalsError as exc:
         raise click.ClickException(str(exc)) from exc
+    except asyncio.CancelledError:
+        # A second signal during the drain: the queue file keeps what was not sent.
+        logging.getLogger("cityvitals").warning("stopped by a second signal before the drain")
+        sys.exit(130)
     click.echo(
         f"agent {config.agent_id} stopped: {summary.samples} samples, {summary.reported} "
         f"reported, {summary.alarms} alarms, {summary.left_in_queue} waiting in the queue"
@@ -421,19 +425,31 @@ def _serve(config_path: Path, chosen: set[str], *, check: bool, verbose: int) ->
         asyncio.run(_run_roles(settings, chosen))
     except CityvitalsError as exc:
         raise click.ClickException(str(exc)) from exc
+    except asyncio.CancelledError:
+        # A signal during start-up, or a second one during the drain: what was
+        # open is closed; Kafka and the stores keep what was not committed.
+        logging.getLogger("cityvitals").warning("stopped by a signal before a clean stop")
+        sys.exit(130)
 
 
 async def _run_roles(settings: Settings, roles: set[str]) -> None:
     from cityvitals.distributed.roles import running
 
-    stop = _stop_on_signals()
+    started = asyncio.Event()
+    stop = _stop_on_signals(started)
     async with running(settings, roles):
+        started.set()
         await stop.wait()
     logging.getLogger("cityvitals").info("stopped cleanly")
 
 
-def _stop_on_signals() -> asyncio.Event:
-    """An event set by SIGTERM or Ctrl-C; a second signal cancels the main task."""
+def _stop_on_signals(started: asyncio.Event | None = None) -> asyncio.Event:
+    """An event set by SIGTERM or Ctrl-C; a second signal cancels the main task.
+
+    With `started`, a signal before it is set cancels the main task at once:
+    start-up can wait a long time on a Kafka that is down, and has nothing to
+    drain yet.
+    """
     import signal
 
     from cityvitals.tasks import dump_tasks
@@ -443,8 +459,9 @@ def _stop_on_signals() -> asyncio.Event:
     main_task = asyncio.current_task()
 
     def on_signal() -> None:
-        if stop.is_set() and main_task is not None:
-            main_task.cancel()  # a second signal: stop waiting for the drain
+        starting = started is not None and not started.is_set()
+        if (stop.is_set() or starting) and main_task is not None:
+            main_task.cancel()  # stop waiting for the start-up or the drain
         stop.set()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
