@@ -376,18 +376,31 @@ class EdgePublisher:
                 "agent %s stopping while disconnected: offline status not published", self.agent_id
             )
             return
-        try:
-            async with asyncio.timeout(GOODBYE_TIMEOUT_S), self._client(will=False) as client:
-                for node, kind in self.nodes:
-                    await client.publish(
-                        status_topic(kind, node),
-                        encode(self.node_status(node, kind, "offline", reason="stopped")),
-                        qos=1,
-                        retain=True,
-                    )
-                status = self.agent_status("offline", buffer_depth=left, reason="stopped")
-                await client.publish(
-                    agent_status_topic(self.agent_id), encode(status), qos=1, retain=True
-                )
-        except (aiomqtt.MqttError, TimeoutError) as exc:
+        # A task, not `asyncio.timeout` around it: on 3.11 aiomqtt's wait_for can
+        # drop the timeout's cancel, and each publish left would then get its
+        # own publish timeout. cancel_and_wait makes the bound hard.
+        goodbye = asyncio.create_task(self._publish_offline(left), name="goodbye")
+        done, _ = await asyncio.wait({goodbye}, timeout=GOODBYE_TIMEOUT_S)
+        if not done:
+            await cancel_and_wait(goodbye, again_after_s=1.0)
+            log.warning(
+                "agent %s could not publish offline status within %.0f s",
+                self.agent_id,
+                GOODBYE_TIMEOUT_S,
+            )
+        elif (exc := goodbye.exception()) is not None:
             log.warning("agent %s could not publish offline status: %r", self.agent_id, exc)
+
+    async def _publish_offline(self, left: int) -> None:
+        async with self._client(will=False) as client:
+            for node, kind in self.nodes:
+                await client.publish(
+                    status_topic(kind, node),
+                    encode(self.node_status(node, kind, "offline", reason="stopped")),
+                    qos=1,
+                    retain=True,
+                )
+            status = self.agent_status("offline", buffer_depth=left, reason="stopped")
+            await client.publish(
+                agent_status_topic(self.agent_id), encode(status), qos=1, retain=True
+            )

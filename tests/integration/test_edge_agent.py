@@ -256,3 +256,79 @@ async def test_presence_birth_heartbeat_and_last_will(tmp_path: Path, mosquitto_
         # No clean DISCONNECT: the broker sends the will after the keepalive runs out,
         # or at once when the TCP connection closes, as here.
         await recorder.wait_for(lambda: ("offline", "connection lost") in recorder.agent_states)
+
+
+class FreezingProxy:
+    """Forwards to the broker until `freeze()`; connections after that are accepted and
+    never answered, as by a broker that has hung."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.frozen = False
+        self.held = 0
+        self.port = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def __aenter__(self) -> FreezingProxy:
+        self._server = await asyncio.start_server(self._client, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._server.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for writer in self._writers:
+            writer.close()
+
+    def freeze(self) -> None:
+        self.frozen = True
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.append(writer)
+        if self.frozen:
+            self.held += 1
+            return  # read nothing, answer nothing
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        self._writers.append(up_writer)
+        for a, b in ((reader, up_writer), (up_reader, writer)):
+            task = asyncio.create_task(self._pipe(a, b))
+            self._tasks.add(task)
+
+    @staticmethod
+    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            while chunk := await reader.read(65536):
+                writer.write(chunk)
+                await writer.drain()
+        writer.close()
+
+
+async def test_a_broker_that_hangs_cannot_hold_up_the_agents_stop(
+    tmp_path: Path, mosquitto_server: MosquittoServer, caplog: pytest.LogCaptureFixture
+):
+    """The offline goodbye goes out on a connection of its own. When the broker takes
+    that connection and never answers, the stop still ends, after the goodbye's bound
+    (5 s) and not the publish timeout (an hour here), and says why."""
+    async with FreezingProxy(mosquitto_server.port) as proxy:
+        path = write_config(
+            tmp_path,
+            f"mqtt://127.0.0.1:{proxy.port}",
+            nodes=NODES[:1],
+            limit=5,
+            interval_s=0.01,
+            mqtt="publish_timeout_s = 3600",
+        )
+        agent = EdgeAgent(load_edge_config(path))
+        stop = asyncio.Event()
+        run = asyncio.create_task(agent.run(stop))
+        await asyncio.wait_for(agent.wait_sampled(), 20)
+        await asyncio.wait_for(agent.wait_delivered(), 20)
+        proxy.freeze()
+        stop.set()
+        summary = await asyncio.wait_for(run, 30)
+    assert proxy.held == 1  # the goodbye's connection, held unanswered
+    assert summary.left_in_queue == 0
+    assert "could not publish offline status within 5 s" in caplog.text
