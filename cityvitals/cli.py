@@ -426,29 +426,36 @@ def _serve(config_path: Path, chosen: set[str], *, check: bool, verbose: int) ->
     except CityvitalsError as exc:
         raise click.ClickException(str(exc)) from exc
     except asyncio.CancelledError:
-        # A signal during start-up, or a second one during the drain: what was
-        # open is closed; Kafka and the stores keep what was not committed.
-        logging.getLogger("cityvitals").warning("stopped by a signal before a clean stop")
+        # A second signal during the drain: Kafka and the stores keep what was
+        # not committed, and the next start goes on from there.
+        logging.getLogger("cityvitals").warning("stopped by a second signal before the drain")
         sys.exit(130)
 
 
 async def _run_roles(settings: Settings, roles: set[str]) -> None:
-    from cityvitals.distributed.roles import running
+    from cityvitals.distributed.roles import prepare_kafka, running
 
-    started = asyncio.Event()
-    stop = _stop_on_signals(started)
-    async with running(settings, roles):
-        started.set()
+    log = logging.getLogger("cityvitals")
+    prepared = asyncio.Event()
+    stop = _stop_on_signals(cancel_until=prepared)
+    try:
+        # Cancelled by a signal: it can wait 40 s on a Kafka that does not
+        # answer, and nothing has started that would need a drain. (The roles'
+        # own start-up is not: a signal then stops them once they are up.)
+        await prepare_kafka(settings)
+    except asyncio.CancelledError:
+        log.info("stopped while setting up Kafka; nothing had started")
+        return
+    prepared.set()
+    async with running(settings, roles, prepare=False):
         await stop.wait()
-    logging.getLogger("cityvitals").info("stopped cleanly")
+    log.info("stopped cleanly")
 
 
-def _stop_on_signals(started: asyncio.Event | None = None) -> asyncio.Event:
+def _stop_on_signals(cancel_until: asyncio.Event | None = None) -> asyncio.Event:
     """An event set by SIGTERM or Ctrl-C; a second signal cancels the main task.
 
-    With `started`, a signal before it is set cancels the main task at once:
-    start-up can wait a long time on a Kafka that is down, and has nothing to
-    drain yet.
+    Before `cancel_until` is set, a signal cancels the main task at once.
     """
     import signal
 
@@ -459,9 +466,9 @@ def _stop_on_signals(started: asyncio.Event | None = None) -> asyncio.Event:
     main_task = asyncio.current_task()
 
     def on_signal() -> None:
-        starting = started is not None and not started.is_set()
-        if (stop.is_set() or starting) and main_task is not None:
-            main_task.cancel()  # stop waiting for the start-up or the drain
+        early = cancel_until is not None and not cancel_until.is_set()
+        if (stop.is_set() or early) and main_task is not None:
+            main_task.cancel()  # stop waiting for Kafka's set-up, or for the drain
         stop.set()
 
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -117,11 +117,16 @@ async def prepare_kafka(settings: Settings) -> None:
 
 
 @asynccontextmanager
-async def running(settings: Settings, roles: Collection[str]) -> AsyncIterator[Running]:
+async def running(
+    settings: Settings, roles: Collection[str], *, prepare: bool = True
+) -> AsyncIterator[Running]:
+    """The chosen roles, started in order and stopped in reverse. `prepare=False`
+    when the caller has run `prepare_kafka` itself."""
     unknown = set(roles) - set(ROLES)
     if unknown:
         raise ValueError(f"unknown roles {sorted(unknown)}; expected some of {ROLES}")
-    await prepare_kafka(settings)
+    if prepare:
+        await prepare_kafka(settings)
     out = Running()
     spools: list[InfluxSink] = []
     async with AsyncExitStack() as stack:
@@ -489,8 +494,9 @@ class AlertsRole:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
         )
-        await consumer.start()
+        # Stopped even when its start fails or is cancelled half-way.
         self._stack.push_async_callback(consumer.stop)
+        await consumer.start()
         self._task = asyncio.create_task(self._consume(consumer), name="alerts-consumer")
         self._stack.push_async_callback(cancel_and_wait, self._task)
         if influx is not None:
