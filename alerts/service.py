@@ -291,9 +291,10 @@ class AlertService:
         self._fallback = None if fallback is None else self._by_name[fallback]
         #: Who gets every notification; the fallback gets only what another gave up on.
         self._regular = tuple(lane for lane in self._lanes if lane is not self._fallback)
-        #: Notifications owed to the fallback while the store could not say whether
-        #: they were already (it failed); the store decides otherwise, so this
-        #: grows only while the store fails.
+        #: Notifications owed to the fallback while the store could not record it
+        #: (it failed); otherwise the store says whether one was owed already, so
+        #: this grows only while the store fails. One the fallback was owed before
+        #: the store failed can reach it again then, under the same key.
         self._owed_to_fallback: set[str] = set()
         self._store = store
         self._stack = AsyncExitStack()
@@ -1010,19 +1011,18 @@ class AlertService:
         if fallback is not None and fallback is not lane:
             # The fallback is owed it too (recorded first: a restart still owes it).
             assert self._store is not None  # noqa: S101 - set in __aenter__
+            if n.id in self._owed_to_fallback:
+                return  # owed already while the store failed
             newly = True
 
             async def owe(store: AlertStore = self._store) -> None:
                 nonlocal newly
                 newly = await store.owe(n, fallback.name, now_ms=self._clock.now_ms())
 
-            if await self._keep("fallback", owe(), f"{n.id} to {fallback.name}"):
-                if not newly:
-                    return  # another receiver gave up on it too: owed to the fallback once
-            elif n.id in self._owed_to_fallback:
-                return
-            else:
+            if not await self._keep("fallback", owe(), f"{n.id} to {fallback.name}"):
                 self._owed_to_fallback.add(n.id)
+            elif not newly:
+                return  # another receiver gave up on it too: owed to the fallback once
             fallback.pending += 1
             await self._hand(fallback, n, recorded="fallback")
 

@@ -444,6 +444,8 @@ async def _run_roles(settings: Settings, roles: set[str]) -> None:
         # own start-up is not: a signal then stops them once they are up.)
         await prepare_kafka(settings)
     except asyncio.CancelledError:
+        if not stop.is_set():
+            raise  # not by a signal
         log.info("stopped while setting up Kafka; nothing had started")
         return
     prepared.set()

@@ -196,8 +196,7 @@ class EdgeAgent:
             self._driver_tasks = [
                 asyncio.create_task(self._guard(name, run)) for name, run in drivers
             ]
-            tasks = [*self._driver_tasks]
-            tasks += [
+            periodic = [
                 asyncio.create_task(self._every(cfg.heartbeat_s, self._heartbeat)),
                 asyncio.create_task(self._every(cfg.loss_report_s, self._report_losses)),
                 asyncio.create_task(self._every(cfg.log_every_s, self._log_news)),
@@ -205,7 +204,10 @@ class EdgeAgent:
             try:
                 await stop.wait()
             finally:
-                for task in tasks:
+                for task in self._driver_tasks:
+                    # A serial driver joins its reader thread: seconds, at most.
+                    await cancel_and_wait(task)
+                for task in periodic:
                     # Nothing to clean up in them; a heartbeat that swallowed its
                     # cancel (see cancel_and_wait) is cancelled again soon.
                     await cancel_and_wait(task, again_after_s=1.0)

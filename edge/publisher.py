@@ -380,16 +380,23 @@ class EdgePublisher:
         # drop the timeout's cancel, and each publish left would then get its
         # own publish timeout. cancel_and_wait makes the bound hard.
         goodbye = asyncio.create_task(self._publish_offline(left), name="goodbye")
-        done, _ = await asyncio.wait({goodbye}, timeout=GOODBYE_TIMEOUT_S)
-        if not done:
+        try:
+            done, _ = await asyncio.wait({goodbye}, timeout=GOODBYE_TIMEOUT_S)
+        except BaseException:
+            await cancel_and_wait(goodbye, again_after_s=1.0)
+            raise
+        if not done or goodbye.cancelled():
             await cancel_and_wait(goodbye, again_after_s=1.0)
             log.warning(
                 "agent %s could not publish offline status within %.0f s",
                 self.agent_id,
                 GOODBYE_TIMEOUT_S,
             )
-        elif (exc := goodbye.exception()) is not None:
+        elif isinstance(exc := goodbye.exception(), aiomqtt.MqttError):
             log.warning("agent %s could not publish offline status: %r", self.agent_id, exc)
+        elif exc is not None:
+            # A bug, not the network: with its traceback, but the stop goes on.
+            log.error("agent %s: offline status failed", self.agent_id, exc_info=exc)
 
     async def _publish_offline(self, left: int) -> None:
         async with self._client(will=False) as client:

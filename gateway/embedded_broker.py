@@ -18,6 +18,7 @@ from amqtt.broker import Broker
 from amqtt.errors import BrokerError
 
 from cityvitals.config import BrokerSettings
+from cityvitals.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -86,16 +87,21 @@ class EmbeddedBroker:
     ) -> None:
         if self._broker is not None:
             broker, self._broker = self._broker, None
+            # Bounded: amqtt waits for each client's reader, and a reader can lose
+            # a cancel on 3.11 (its reads use wait_for); amqtt also swallows one
+            # while it closes a client's writer. A task of its own, then, and
+            # cancelled as often as it takes (asyncio.timeout cancels only once).
+            shutdown = asyncio.create_task(broker.shutdown(), name="embedded-broker-shutdown")
             try:
-                # Bounded: amqtt waits for each client's reader, and a reader can
-                # lose the cancel on 3.11 (its reads use wait_for) when a packet
-                # lands in the same instant. The process is stopping anyway.
-                async with asyncio.timeout(SHUTDOWN_TIMEOUT_S):
-                    await broker.shutdown()
-            except TimeoutError:
+                done, _ = await asyncio.wait({shutdown}, timeout=SHUTDOWN_TIMEOUT_S)
+            finally:
+                await cancel_and_wait(shutdown, again_after_s=1.0)
+            if done and not shutdown.cancelled() and shutdown.exception() is not None:
+                log.warning("embedded MQTT broker shutdown failed", exc_info=shutdown.exception())
+            elif done:
+                log.info("embedded MQTT broker stopped")
+            else:
                 log.warning(
-                    "embedded MQTT broker did not shut down within %.0f s; leaving it",
+                    "embedded MQTT broker did not shut down within %.0f s; cut short",
                     SHUTDOWN_TIMEOUT_S,
                 )
-            else:
-                log.info("embedded MQTT broker stopped")

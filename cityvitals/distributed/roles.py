@@ -130,49 +130,13 @@ async def running(
     out = Running()
     spools: list[InfluxSink] = []
     async with AsyncExitStack() as stack:
-        if "alerts" in roles:
-            out.alerts = await stack.enter_async_context(AlertsRole(settings))
-        if "stream" in roles:
-            out.store = await stack.enter_async_context(EmbeddedStore(settings.stream.store_path))
-            sink: ReadingSink = out.store
-            if settings.influxdb is not None:
-                # Entered after the store and so closed before it, but after
-                # the stream role has stopped writing: its spool gets every
-                # point the stream flushed.
-                out.influx = await stack.enter_async_context(
-                    InfluxSink.from_settings(settings.influxdb)
-                )
-                spools.append(out.influx)
-                sink = TeeSink(out.store, out.influx)
-            out.stream = await stack.enter_async_context(
-                StreamRole(settings, sink, influx=out.influx)
-            )
-        if "gateway" in roles:
-            registry = Registry.load(settings.registry_path)
-            influx = out.influx
-            if influx is None and settings.influxdb is not None:
-                # The agents' health and the gateway's counters, through a spool of
-                # the gateway's own.
-                influx = await stack.enter_async_context(
-                    InfluxSink.from_settings(_own_spool(settings, "gateway"))
-                )
-                spools.append(influx)
-            if settings.gateway.owners is not None:
-                log.info(
-                    "gateway: agents speak only for their own nodes: %s",
-                    describe_owners(settings.gateway.owners, registry),
-                )
-            gateway = gateway_for(settings, registry, on_agent=_agent_writer(influx))
-            out.gateway = await stack.enter_async_context(gateway)
-            if influx is not None:
-                await stack.enter_async_context(
-                    PipelineMeter(
-                        influx,
-                        settings.gateway.client_id,
-                        lambda: [gateway_gauge(gateway.stats().routed)],
-                        clock=SystemClock(),
-                    )
-                )
+        try:
+            await _start_roles(stack, settings, roles, out, spools)
+        except BaseException:
+            # A start that fails half-way unwinds what it opened: as a stop does.
+            for spool in spools:
+                spool.begin_stop()
+            raise
         # Pushed last, so the first thing a stop does: the roles stopping after it
         # flush their last points past a full spool rather than wait for room.
         for spool in spools:
@@ -185,6 +149,57 @@ async def running(
             settings.broker.port,
         )
         yield out
+
+
+async def _start_roles(
+    stack: AsyncExitStack,
+    settings: Settings,
+    roles: Collection[str],
+    out: Running,
+    spools: list[InfluxSink],
+) -> None:
+    """Enter the chosen roles on `stack`; every InfluxDB sink opened goes in `spools`."""
+    if "alerts" in roles:
+        out.alerts = await stack.enter_async_context(AlertsRole(settings))
+    if "stream" in roles:
+        out.store = await stack.enter_async_context(EmbeddedStore(settings.stream.store_path))
+        sink: ReadingSink = out.store
+        if settings.influxdb is not None:
+            # Entered after the store and so closed before it, but after
+            # the stream role has stopped writing: its spool gets every
+            # point the stream flushed.
+            out.influx = await stack.enter_async_context(
+                InfluxSink.from_settings(settings.influxdb)
+            )
+            spools.append(out.influx)
+            sink = TeeSink(out.store, out.influx)
+        out.stream = await stack.enter_async_context(StreamRole(settings, sink, influx=out.influx))
+    if "gateway" in roles:
+        registry = Registry.load(settings.registry_path)
+        influx = out.influx
+        if influx is None and settings.influxdb is not None:
+            # The agents' health and the gateway's counters, through a spool of
+            # the gateway's own.
+            influx = await stack.enter_async_context(
+                InfluxSink.from_settings(_own_spool(settings, "gateway"))
+            )
+            spools.append(influx)
+        if settings.gateway.owners is not None:
+            log.info(
+                "gateway: agents speak only for their own nodes: %s",
+                describe_owners(settings.gateway.owners, registry),
+            )
+        gateway = gateway_for(settings, registry, on_agent=_agent_writer(influx))
+        out.gateway = await stack.enter_async_context(gateway)
+        if influx is not None:
+            await stack.enter_async_context(
+                PipelineMeter(
+                    influx,
+                    settings.gateway.client_id,
+                    lambda: [gateway_gauge(gateway.stats().routed)],
+                    clock=SystemClock(),
+                )
+            )
 
 
 def _own_spool(settings: Settings, role: str) -> InfluxSettings:
@@ -414,12 +429,15 @@ class AlertsRole:
         self.service: AlertService
         self._stack = AsyncExitStack()
         self._task: asyncio.Task[None] | None = None
+        self._influx: InfluxSink | None = None
         self.consumed = 0
 
     async def __aenter__(self) -> Self:
         try:
             await self._start()
         except BaseException:
+            if self._influx is not None:
+                self._influx.begin_stop()  # as a stop does first (see running)
             await self._stack.aclose()
             raise
         return self
@@ -451,6 +469,7 @@ class AlertsRole:
             influx = await self._stack.enter_async_context(
                 InfluxSink.from_settings(_own_spool(self.settings, "alerts"))
             )
+            self._influx = influx
 
             async def on_response(o: Observation) -> None:
                 await influx.write_response(o)

@@ -37,6 +37,8 @@ async def test_sigterm_during_start_up_stops_it_at_once(tmp_path) -> None:
         # Well inside the 40 s the admin client would wait for its answer.
         code = await asyncio.to_thread(role.stop, 20)
     finally:
+        if role.alive():
+            role.kill()
         for writer in connections:
             writer.close()
         hole.close()

@@ -25,7 +25,8 @@ async def test_a_task_that_swallows_one_cancellation_is_cancelled_again(caplog):
     task = asyncio.create_task(stubborn(), name="heartbeat")
     await asyncio.sleep(0)
     with caplog.at_level(logging.WARNING, "cityvitals.tasks"):
-        await cancel_and_wait(task, again_after_s=0.01)
+        async with asyncio.timeout(5):  # fails, not hangs, on a regression
+            await cancel_and_wait(task, again_after_s=0.01)
     assert swallowed.is_set()
     assert task.cancelled()
     assert "task heartbeat is still running" in caplog.text
@@ -44,7 +45,8 @@ async def test_wait_for_finishing_in_the_instant_of_the_cancel():
     task = asyncio.create_task(heartbeat())
     await asyncio.sleep(0)  # it waits for the ack now
     acked.set_result(None)
-    await cancel_and_wait(task, again_after_s=0.01)
+    async with asyncio.timeout(5):  # fails, not hangs, on a regression
+        await cancel_and_wait(task, again_after_s=0.01)
     assert task.cancelled()
 
 
@@ -77,6 +79,8 @@ async def test_the_caller_cancelled_while_waiting_still_cancels_the_task():
     stopper.cancel()
     with pytest.raises(asyncio.CancelledError):
         await stopper
+    await asyncio.sleep(0)
+    assert task.done()  # its clean-up was cancelled too, as the caller gave up
     release.set()
     await asyncio.gather(task, return_exceptions=True)
     assert task.cancelled()
