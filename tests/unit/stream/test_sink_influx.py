@@ -219,16 +219,29 @@ async def test_a_stop_does_not_hang_on_a_full_spool(influx: FakeInflux, tmp_path
     influx.default = 503
     path = tmp_path / "spool"
     async with sink(influx.url, path, spool_max_bytes=2_000, stop_timeout_s=0.2) as s:
-        await write(s, 0, 15)
-        for seq in range(15, 30):
-            await s.write_reading(reading(seq), PLACE, TS)
-        stalled = asyncio.ensure_future(s.flush())
-        await wait_until(lambda: s.stats().state == "down", "down")
-        assert not stalled.done()
+        stalled = await _flush_waiting_for_room(s)
     await stalled
-    left = Spool(path)
-    assert left.totals().lines == 30
-    left.close()
+    assert _lines_in(path) == 30
+
+
+async def _flush_waiting_for_room(s: InfluxSink) -> asyncio.Future[None]:
+    """15 lines spooled, 15 more pending and a flush of them waiting for room, with
+    InfluxDB down (the spool holds 2 kB)."""
+    await write(s, 0, 15)
+    for seq in range(15, 30):
+        await s.write_reading(reading(seq), PLACE, TS)
+    stalled = asyncio.ensure_future(s.flush())
+    await wait_until(lambda: s.stats().state == "down", "down")
+    assert not stalled.done()
+    return stalled
+
+
+def _lines_in(path: Path) -> int:
+    spool = Spool(path)
+    try:
+        return spool.totals().lines
+    finally:
+        spool.close()
 
 
 async def test_after_begin_stop_what_stops_first_flushes_past_a_full_spool(
@@ -241,18 +254,11 @@ async def test_after_begin_stop_what_stops_first_flushes_past_a_full_spool(
     influx.default = 503
     path = tmp_path / "spool"
     async with sink(influx.url, path, spool_max_bytes=2_000, stop_timeout_s=0.2) as s:
-        await write(s, 0, 15)
-        for seq in range(15, 30):
-            await s.write_reading(reading(seq), PLACE, TS)
-        stalled = asyncio.ensure_future(s.flush())
-        await wait_until(lambda: s.stats().state == "down", "down")
-        assert not stalled.done()
+        stalled = await _flush_waiting_for_room(s)
         s.begin_stop()
         await asyncio.wait_for(stalled, 10)
         await write(s, 30, 5)  # the meter's last counts, say
-    left = Spool(path)
-    assert left.totals().lines == 35
-    left.close()
+    assert _lines_in(path) == 35
 
 
 class GatedClock(SystemClock):
