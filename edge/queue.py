@@ -42,11 +42,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import queue
 import sqlite3
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -473,6 +475,55 @@ class _QueueFile:
 # -- the queue: used on the event loop ---------------------------------------------
 
 
+_Job = tuple[Future[Any], Callable[..., Any], tuple[Any, ...]]
+
+
+class _DiskThread(Executor):
+    """The queue file's one worker thread, a daemon.
+
+    ThreadPoolExecutor's threads are joined when the interpreter exits, so a commit
+    stuck in an fsync on a dying SD card would keep the agent's process alive long
+    after its stop had given up on the disk (and logged so). A daemon thread is not
+    waited for: the process exits, and its supervisor can restart it.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._work: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._closed = False
+        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        if self._closed:
+            raise RuntimeError("cannot schedule new work after shutdown")
+        if kwargs:
+            raise TypeError("the queue's disk thread takes positional arguments only")
+        future: Future[T] = Future()
+        self._work.put((future, fn, args))
+        return future
+
+    @property
+    def queued(self) -> int:
+        """Jobs submitted and not yet started."""
+        return self._work.qsize()
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self._closed = True
+        self._work.put(None)
+        if wait:
+            self._thread.join()
+
+    def _serve(self) -> None:
+        while (item := self._work.get()) is not None:
+            future, fn, args = item
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn(*args))
+            except BaseException as exc:  # handed to the caller, as an executor does
+                future.set_exception(exc)
+
+
 class DurableQueue:
     """An `OutboundBuffer` on disk. Use as an async context manager.
 
@@ -501,7 +552,7 @@ class DurableQueue:
         self._max_pending = max_pending
         self._expire_every_s = expire_every_s
         self._retry_s = retry_s
-        self._executor: ThreadPoolExecutor | None = None
+        self._executor: _DiskThread | None = None
         self._file: _QueueFile | None = None
         self._committer: asyncio.Task[None] | None = None
         self._seqs: dict[str, int] = {}
@@ -535,7 +586,7 @@ class DurableQueue:
     # -- lifecycle ---------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"queue-{self.path.name}")
+        self._executor = _DiskThread(f"queue-{self.path.name}")
         try:
             self._file = await self._run(_QueueFile, self.path, self.limits, self._synchronous)
             self._seqs, self._seq_floor = await self._run(self._file.next_seqs)

@@ -113,8 +113,8 @@ async def test_a_take_cancelled_while_its_select_runs_loses_nothing(tmp_path: Pa
         gate = threading.Event()
         q._executor.submit(gate.wait)  # hold the worker thread
         take = asyncio.ensure_future(q.take(10))
-        work = q._executor._work_queue
-        await wait_until(lambda: work.qsize() >= 1, "the select to be queued", deadline_s=5)
+        disk = q._executor
+        await wait_until(lambda: disk.queued >= 1, "the select to be queued", deadline_s=5)
         take.cancel()
         gate.set()  # the select now runs, after its caller gave up
         with pytest.raises(asyncio.CancelledError):
@@ -386,3 +386,45 @@ async def _interleave(path: Path, ops: list[str]) -> None:
         assert left == unacked
     finally:
         await q.__aexit__(None, None, None)
+
+
+HUNG_DISK = textwrap.dedent(
+    """
+    import asyncio, sys, threading
+    from edge import queue
+    from edge.buffer import Outbound
+
+    hung = threading.Event()
+
+    def commit_on_a_dying_disk(self, batch):
+        hung.set()
+        threading.Event().wait()  # an fsync that never returns
+
+    async def main(path):
+        async with queue.DurableQueue(path) as q:
+            queue._QueueFile.commit = commit_on_a_dying_disk
+            await q.put(Outbound("t", b"x", "n1", q.next_seq("n1")))
+            while not hung.is_set():
+                await asyncio.sleep(0.01)
+        print("stopped", flush=True)
+
+    asyncio.run(main(sys.argv[1]))
+    """
+)
+
+
+def test_a_disk_that_hangs_mid_commit_does_not_keep_the_process_alive(tmp_path: Path):
+    """The stop gives up on the disk after its bound and says so; then the process
+    exits, its thread still stuck in the commit (a supervisor can restart it)."""
+    proc = subprocess.run(  # noqa: S603 - our interpreter, our script
+        [sys.executable, "-c", HUNG_DISK, str(tmp_path / "q.db")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[3])},
+        timeout=60,  # the stop's two 5 s bounds, with room; a hang fails here
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "stopped\n"
+    assert "the disk did not answer within 5 s" in proc.stderr
+
