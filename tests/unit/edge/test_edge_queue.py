@@ -427,4 +427,3 @@ def test_a_disk_that_hangs_mid_commit_does_not_keep_the_process_alive(tmp_path: 
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "stopped\n"
     assert "the disk did not answer within 5 s" in proc.stderr
-
