@@ -271,16 +271,7 @@ def demo(
 )
 @click.option("--check", is_flag=True, help="Only check the configuration and say what it runs.")
 @click.option("-v", "--verbose", count=True, help="More detail in the log (-vv for debug).")
-@click.option(
-    "--stop-timeout",
-    "stop_timeout_s",
-    type=click.FloatRange(min=1),
-    default=25.0,
-    show_default=True,
-    help="Seconds a stop may take before the agent logs where it is stuck and exits "
-    "(code 70); keep it below the supervisor's own (TimeoutStopSec=30).",
-)
-def edge(config_path: Path, check: bool, verbose: int, stop_timeout_s: float) -> None:
+def edge(config_path: Path, check: bool, verbose: int) -> None:
     """Run the edge agent: serial and simulated sensor nodes, published over MQTT.
 
     Every reading goes to a durable queue on disk before it is published
@@ -290,8 +281,7 @@ def edge(config_path: Path, check: bool, verbose: int, stop_timeout_s: float) ->
     config; every loss is reported as a `readings_dropped` event.
 
     SIGTERM or Ctrl-C stops cleanly: drivers stop, the queue gets a few
-    seconds to drain, the rest waits on disk for the next start. A stop that
-    takes longer than --stop-timeout logs where it is stuck and exits.
+    seconds to drain, the rest waits on disk for the next start.
     """
     from edge.config import load_edge_config
 
@@ -317,7 +307,7 @@ def edge(config_path: Path, check: bool, verbose: int, stop_timeout_s: float) ->
         return
     _setup_logging(verbose, plain=not sys.stderr.isatty())
     try:
-        summary = asyncio.run(_run_edge(config, stop_timeout_s))
+        summary = asyncio.run(_run_edge(config))
     except CityvitalsError as exc:
         raise click.ClickException(str(exc)) from exc
     except asyncio.CancelledError:
@@ -330,10 +320,10 @@ def edge(config_path: Path, check: bool, verbose: int, stop_timeout_s: float) ->
     )
 
 
-async def _run_edge(config: EdgeConfig, stop_timeout_s: float) -> AgentSummary:
+async def _run_edge(config: EdgeConfig) -> AgentSummary:
     from edge.agent import EdgeAgent
 
-    return await EdgeAgent(config).run(_stop_on_signals(stop_timeout_s=stop_timeout_s))
+    return await EdgeAgent(config).run(_stop_on_signals())
 
 
 _SERVICE_CONFIG = SERVICE_CONFIG
@@ -342,16 +332,6 @@ _CHECK = click.option(
 )
 _VERBOSE = click.option(
     "-v", "--verbose", count=True, help="More detail in the log (-vv for debug)."
-)
-_STOP_TIMEOUT = click.option(
-    "--stop-timeout",
-    "stop_timeout_s",
-    type=click.FloatRange(min=1),
-    default=55.0,
-    show_default=True,
-    help="Seconds a stop may take before the process logs where it is stuck and exits "
-    "(code 70, nothing more committed); keep it below the supervisor's own (compose's "
-    "stop_grace_period and the systemd unit's TimeoutStopSec are 60).",
 )
 
 
@@ -368,10 +348,7 @@ _STOP_TIMEOUT = click.option(
 )
 @_CHECK
 @_VERBOSE
-@_STOP_TIMEOUT
-def run(
-    config_path: Path, roles: tuple[str, ...], check: bool, verbose: int, stop_timeout_s: float
-) -> None:
+def run(config_path: Path, roles: tuple[str, ...], check: bool, verbose: int) -> None:
     """Run the distributed pipeline's services against Mosquitto and Kafka.
 
     \b
@@ -384,32 +361,28 @@ def run(
     SIGTERM or Ctrl-C stops cleanly, each role flushing what it holds.
     """
     chosen = {"gateway", "stream", "alerts"} if "all" in roles else set(roles)
-    _serve(config_path, chosen, check=check, verbose=verbose, stop_timeout_s=stop_timeout_s)
+    _serve(config_path, chosen, check=check, verbose=verbose)
 
 
 @main.command()
 @_SERVICE_CONFIG
 @_CHECK
 @_VERBOSE
-@_STOP_TIMEOUT
-def gateway(config_path: Path, check: bool, verbose: int, stop_timeout_s: float) -> None:
+def gateway(config_path: Path, check: bool, verbose: int) -> None:
     """The MQTT gateway alone: `cityvitals run --role gateway`."""
-    _serve(config_path, {"gateway"}, check=check, verbose=verbose, stop_timeout_s=stop_timeout_s)
+    _serve(config_path, {"gateway"}, check=check, verbose=verbose)
 
 
 @main.command()
 @_SERVICE_CONFIG
 @_CHECK
 @_VERBOSE
-@_STOP_TIMEOUT
-def stream(config_path: Path, check: bool, verbose: int, stop_timeout_s: float) -> None:
+def stream(config_path: Path, check: bool, verbose: int) -> None:
     """One stream worker alone: `cityvitals run --role stream`."""
-    _serve(config_path, {"stream"}, check=check, verbose=verbose, stop_timeout_s=stop_timeout_s)
+    _serve(config_path, {"stream"}, check=check, verbose=verbose)
 
 
-def _serve(
-    config_path: Path, chosen: set[str], *, check: bool, verbose: int, stop_timeout_s: float = 55.0
-) -> None:
+def _serve(config_path: Path, chosen: set[str], *, check: bool, verbose: int) -> None:
     from cityvitals.settings import load_settings
 
     try:
@@ -449,7 +422,7 @@ def _serve(
         return
     _setup_logging(verbose, plain=not sys.stderr.isatty())
     try:
-        asyncio.run(_run_roles(settings, chosen, stop_timeout_s))
+        asyncio.run(_run_roles(settings, chosen))
     except CityvitalsError as exc:
         raise click.ClickException(str(exc)) from exc
     except asyncio.CancelledError:
@@ -459,12 +432,12 @@ def _serve(
         sys.exit(130)
 
 
-async def _run_roles(settings: Settings, roles: set[str], stop_timeout_s: float) -> None:
+async def _run_roles(settings: Settings, roles: set[str]) -> None:
     from cityvitals.distributed.roles import prepare_kafka, running
 
     log = logging.getLogger("cityvitals")
     prepared = asyncio.Event()
-    stop = _stop_on_signals(cancel_until=prepared, stop_timeout_s=stop_timeout_s)
+    stop = _stop_on_signals(cancel_until=prepared)
     try:
         # Cancelled by a signal: it can wait 40 s on a Kafka that does not
         # answer, and nothing has started that would need a drain. (The roles'
@@ -481,18 +454,10 @@ async def _run_roles(settings: Settings, roles: set[str], stop_timeout_s: float)
     log.info("stopped cleanly")
 
 
-def _stop_on_signals(
-    cancel_until: asyncio.Event | None = None,
-    *,
-    stop_timeout_s: float | None = None,
-    exit_process: Callable[[int], object] = os._exit,
-) -> asyncio.Event:
+def _stop_on_signals(cancel_until: asyncio.Event | None = None) -> asyncio.Event:
     """An event set by SIGTERM or Ctrl-C; a second signal cancels the main task.
 
-    Before `cancel_until` is set, a signal cancels the main task at once. A stop
-    still running `stop_timeout_s` after the first signal logs where every task
-    waits and ends the process (code 70): a supervisor's SIGKILL would end it a
-    little later anyway, and say nothing of why.
+    Before `cancel_until` is set, a signal cancels the main task at once.
     """
     import signal
 
@@ -506,23 +471,7 @@ def _stop_on_signals(
         early = cancel_until is not None and not cancel_until.is_set()
         if (stop.is_set() or early) and main_task is not None:
             main_task.cancel()  # stop waiting for Kafka's set-up, or for the drain
-        if not stop.is_set() and stop_timeout_s is not None:
-            watchdog = loop.call_later(stop_timeout_s, give_up, stop_timeout_s)
-            if main_task is not None:
-                main_task.add_done_callback(lambda _: watchdog.cancel())
         stop.set()
-
-    def give_up(after_s: float) -> None:
-        log = logging.getLogger("cityvitals")
-        dump_tasks(log)
-        log.error(
-            "the stop did not finish within %g s (--stop-timeout); exiting without it "
-            "(code 70): what was not committed is read again on the next start",
-            after_s,
-        )
-        for handler in logging.getLogger().handlers:
-            handler.flush()
-        exit_process(70)
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)

@@ -81,32 +81,3 @@ def test_rules_check_lists_what_a_file_would_run(tmp_path):
         "water_level.district_flooding: area, at least 3 of a district's water_level nodes at "
         "yellow or above by water_level.depth"
     ) in result.output
-
-
-async def test_a_stop_that_outlasts_its_timeout_says_where_it_waits_and_exits_70(caplog):
-    """The watchdog behind --stop-timeout, with the process's exit injected: a real
-    SIGTERM to this process, a drain that never ends, then the stacks and code 70."""
-    import asyncio
-    import logging
-    import os
-    import signal
-
-    from cityvitals.cli import _stop_on_signals
-    from tests.waiting import wait_until
-
-    loop = asyncio.get_running_loop()
-    exits: list[int] = []
-    stuck = asyncio.create_task(asyncio.Event().wait(), name="drain-that-never-ends")
-    try:
-        with caplog.at_level(logging.WARNING, "cityvitals"):
-            stop = _stop_on_signals(stop_timeout_s=0.05, exit_process=exits.append)
-            os.kill(os.getpid(), signal.SIGTERM)
-            await wait_until(lambda: exits, "the watchdog to end the process")
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
-            loop.remove_signal_handler(sig)
-        stuck.cancel()
-    assert stop.is_set()
-    assert exits == [70]
-    assert "--- task drain-that-never-ends" in caplog.text
-    assert "the stop did not finish within 0.05 s (--stop-timeout)" in caplog.text
